@@ -1,0 +1,1 @@
+"""YAML settings shipped with the package: local.yml (the default) and the dev/prod overlays."""

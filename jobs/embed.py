@@ -1,0 +1,60 @@
+"""`mlabatch embed`: one incremental embedding run, from settings to a summary."""
+from __future__ import annotations
+
+import logging
+
+import mlflow
+
+from mlabatch.models.loading import resolve_model
+from mlabatch.pipelines.embedding import RunStats, embed_documents
+from mlabatch.pipelines.sample_data import sample_documents
+from mlabatch.pipelines.settings import Settings
+from mlabatch.pipelines.spark import get_spark
+from mlabatch.pipelines.tables import TableNotFoundError, on_databricks, table_exists, write_table
+from mlabatch.pipelines.tracking import configure_mlflow, run_params
+
+log = logging.getLogger(__name__)
+
+
+def run_embed(settings: Settings, embed_column=None) -> tuple[RunStats, str]:
+    """Check the model and source first, then run the pipeline inside an MLflow run; returns (stats, run id)."""
+    configure_mlflow(settings.mlflow)
+    log.info("resolving model %s", settings.model.uri)
+    model = resolve_model(settings.model.uri)
+    spark = get_spark(settings.spark)
+    if not table_exists(spark, settings.source.table):
+        if not settings.source.build_sample_if_missing:
+            raise TableNotFoundError(
+                f"source table {settings.source.table} does not exist; create it, point source.table "
+                "at an existing table, or set source.build_sample_if_missing=true for sample data")
+        log.info("building the sample documents table at %s", settings.source.table)
+        write_table(spark, spark.createDataFrame(sample_documents()), settings.source.table)
+    # Local workers share this machine's disk, so they load the directory already downloaded here;
+    # on a cluster each worker resolves the URI itself.
+    worker_ref = settings.model.uri if on_databricks() else str(model.local_dir)
+    with mlflow.start_run(run_name=f"embed {settings.source.table}") as run:
+        mlflow.log_params(run_params(settings, model.version))
+        stats = embed_documents(spark, settings, model, worker_ref, embed_column=embed_column)
+        mlflow.log_metrics(stats.metrics())
+    return stats, run.info.run_id
+
+
+def summary(stats: RunStats, settings: Settings, run_id: str) -> str:
+    """The end-of-run report: counts, speed, and where the output is and how to read it."""
+    target = settings.target.table
+    query = (f"spark.table('{target}')" if on_databricks() else
+             f"python -c \"from deltalake import DeltaTable; print(DeltaTable('{target}').to_pandas().head())\"")
+    return "\n".join([
+        f"mlabatch embed: finished in {stats.seconds:.1f} s of embedding",
+        f"  rows read            {stats.rows_read:,} ({stats.rows_without_id} without id, "
+        f"{stats.duplicate_ids} duplicated ids)",
+        f"  documents embedded   {stats.docs_new:,}   unchanged (skipped) {stats.docs_skipped:,}   "
+        f"deleted {stats.docs_deleted:,}",
+        f"  chunks embedded      {stats.chunks_embedded:,}   errors {stats.errors:,}   "
+        f"truncated {stats.truncated:,}   stale removed {stats.chunks_removed:,}",
+        f"  throughput           {stats.docs_per_s:,.1f} docs/s ({stats.tokens:,} tokens)",
+        f"  output (Delta)       {target}",
+        f"  query it             {query}",
+        f"  MLflow run           {run_id} in experiment {settings.mlflow.experiment} "
+        f"({settings.mlflow.tracking_uri})",
+    ])

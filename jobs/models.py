@@ -1,0 +1,24 @@
+"""`mlabatch models prepare`: register the bundled all-MiniLM-L6-v2 in MLflow under an alias."""
+from __future__ import annotations
+
+import mlflow
+
+from mlabatch.models.loading import ResolvedModel
+from mlabatch.models.registry import bundled_minilm_dir, register_model
+from mlabatch.pipelines.settings import Settings
+from mlabatch.pipelines.tracking import configure_mlflow
+
+
+def alias_exists(name: str, alias: str) -> bool:
+    """Whether models:/name@alias resolves in the configured registry."""
+    try:
+        mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+        return True
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
+def prepare(settings: Settings) -> ResolvedModel:
+    """Log the bundled MiniLM as a pyfunc, register it as model.name and set model.alias."""
+    configure_mlflow(settings.mlflow)
+    return register_model(bundled_minilm_dir(), settings.model.name, settings.model.alias)

@@ -1,0 +1,104 @@
+"""Validated job settings: one pydantic model per conf section, unknown keys rejected.
+
+The YAML files in conf/ and `--set` overrides are merged by `mlabatch.jobs.config` and validated
+here once, before any work starts.
+"""
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$")
+_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_table_name(value: str) -> str:
+    """Accept a Delta table path (has a '/') or a [catalog.]schema.table name; reject anything else."""
+    value = value.strip()
+    if "/" in value or _IDENTIFIER.match(value):
+        return value
+    raise ValueError(
+        f"{value!r} is neither a Delta table path (e.g. data/tables/documents, /Volumes/c/s/v/t) "
+        "nor a table name of the form catalog.schema.table"
+    )
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceSettings(_Section):
+    table: str
+    id_column: str = "id"
+    text_column: str = "text"
+    build_sample_if_missing: bool = False
+
+    _table = field_validator("table")(check_table_name)
+
+    @field_validator("id_column", "text_column")
+    @classmethod
+    def _column(cls, value: str) -> str:
+        if not _COLUMN.match(value):
+            raise ValueError(f"{value!r} is not a plain column name (letters, digits, underscore)")
+        return value
+
+
+class TargetSettings(_Section):
+    table: str
+
+    _table = field_validator("table")(check_table_name)
+
+
+class ModelSettings(_Section):
+    uri: str
+    name: str = "mlabatch-minilm"
+    alias: str = "champion"
+
+
+class EmbedSettings(_Section):
+    max_tokens: int = Field(256, ge=8, le=8192)
+    overlap_tokens: int = Field(32, ge=0)
+    max_chunks_per_doc: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, le=8192)
+    partitions_per_worker: int = Field(2, ge=1, le=64)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> "EmbedSettings":
+        if self.overlap_tokens >= self.max_tokens // 2:
+            raise ValueError(
+                f"overlap_tokens ({self.overlap_tokens}) must be less than half of max_tokens "
+                f"({self.max_tokens}), or windows would barely advance"
+            )
+        return self
+
+
+class MlflowSettings(_Section):
+    tracking_uri: str
+    registry_uri: str | None = None
+    artifact_location: str | None = None
+    experiment: str = "mlabatch"
+
+
+class SparkSettings(_Section):
+    master: str | None = None
+    max_records_per_batch: int = Field(512, ge=1)
+
+
+class Settings(_Section):
+    """Everything one embedding run needs."""
+
+    source: SourceSettings
+    target: TargetSettings
+    model: ModelSettings
+    embed: EmbedSettings = EmbedSettings()
+    mlflow: MlflowSettings
+    spark: SparkSettings = SparkSettings()
+
+    @model_validator(mode="after")
+    def _distinct_tables(self) -> "Settings":
+        if self.source.table == self.target.table:
+            raise ValueError("source.table and target.table are the same table; pick another target")
+        return self

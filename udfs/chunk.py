@@ -1,0 +1,37 @@
+"""Split documents into token windows on the workers (a `mapInPandas` function), before embedding."""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import pandas as pd
+
+from mlabatch.models.chunking import split_text
+from mlabatch.udfs.embed import input_error
+from mlabatch.udfs.model_cache import get_tokenizer
+
+# Input columns: id, text, content_hash, doc_error (a reason the whole document is rejected, or null).
+CHUNK_SCHEMA = ("id string, chunk int, content_hash string, chunk_text string, n_tokens int, "
+                "doc_truncated boolean, doc_error string")
+
+
+def chunk_documents(model_ref: str, max_tokens: int, overlap: int,
+                    max_chunks: int) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """A function for `df.mapInPandas(f, CHUNK_SCHEMA)`: one row per window of each document.
+
+    Documents that cannot be embedded (null, empty, rejected) pass through as chunk 0 so that they
+    still get an output row carrying the error.
+    """
+    def chunk(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        tokenizer = get_tokenizer(model_ref)
+        for docs in batches:
+            rows = []
+            for doc_id, text, content_hash, doc_error in docs[["id", "text", "content_hash", "doc_error"]].itertuples(index=False):
+                if doc_error is not None or input_error(text) is not None:
+                    rows.append((doc_id, 0, content_hash, text if isinstance(text, str) else None, 0, False, doc_error))
+                    continue
+                for c in split_text(text, tokenizer, max_tokens, overlap, max_chunks):
+                    rows.append((doc_id, c.index, content_hash, c.text, c.n_tokens, c.truncated, None))
+            yield pd.DataFrame(rows, columns=["id", "chunk", "content_hash", "chunk_text", "n_tokens",
+                                              "doc_truncated", "doc_error"])
+
+    return chunk

@@ -1,0 +1,72 @@
+"""`embed_udf(model)`: a Spark column expression that embeds a text column, one struct per row.
+
+An iterator pandas UDF: each Python worker loads the model once per device (udfs.model_cache) and
+streams Arrow batches through it. Bad values never fail the task: they come back with `error` set.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import pandas as pd
+
+from mlabatch.models.embedder import Embedder
+from mlabatch.udfs.devices import task_device
+from mlabatch.udfs.model_cache import get_embedder
+
+EMBED_RESULT_TYPE = "embedding array<float>, token_count int, truncated boolean, error string"
+
+
+def input_error(value: object) -> str | None:
+    """Why a value cannot be embedded, or None when it can."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "text is null"
+    if not isinstance(value, str):
+        return f"text is a {type(value).__name__}, not a string"
+    if not value.strip():
+        return "text is empty or whitespace"
+    return None
+
+
+def embed_series(texts: pd.Series, model_ref: str, device: str, batch_size: int) -> pd.DataFrame:
+    """Embed one batch of values; rows that cannot be embedded get an error instead of a vector."""
+    embedder = get_embedder(model_ref, device)
+    errors = [input_error(v) for v in texts]
+    done = _embed_rows(embedder, texts, [i for i, e in enumerate(errors) if e is None], batch_size, errors)
+    return pd.DataFrame({
+        "embedding": [done[i][0] if i in done else None for i in range(len(texts))],
+        "token_count": [done[i][1] if i in done else 0 for i in range(len(texts))],
+        "truncated": [done[i][2] if i in done else False for i in range(len(texts))],
+        "error": errors,
+    })
+
+
+def _embed_rows(embedder: Embedder, texts: pd.Series, rows: list[int], batch_size: int,
+                errors: list) -> dict[int, tuple]:
+    """{row: (vector, tokens, truncated)}; if the batch fails, retry row by row to isolate the culprit."""
+    if not rows:
+        return {}
+    try:
+        result = embedder.embed_with_counts([texts.iat[i] for i in rows], batch_size)
+    except Exception as err:  # noqa: BLE001 - reported in the row's error, never kills the task
+        if len(rows) == 1:
+            errors[rows[0]] = f"embedding failed: {type(err).__name__}: {err}"
+            return {}
+        return {k: v for i in rows for k, v in _embed_rows(embedder, texts, [i], 1, errors).items()}
+    return {i: (result.embeddings[j], result.token_counts[j], result.truncated[j]) for j, i in enumerate(rows)}
+
+
+def embed_udf(model_uri: str, batch_size: int = 64, device: str = "auto"):
+    """A pandas UDF for `df.withColumn("emb", embed_udf(uri)("text"))`; returns a struct column.
+
+    Create it once and reuse it: each call makes a new UDF. `model_uri` is a models:/ URI or a model
+    directory readable by every worker (a local path in local mode, a /Volumes path on Databricks).
+    """
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf(EMBED_RESULT_TYPE)
+    def embed(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        chosen = task_device(device)
+        for texts in batches:
+            yield embed_series(texts, model_uri, chosen, batch_size)
+
+    return embed
