@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("mlflow", "py4j", "alembic", "urllib3", "httpx", "transformers"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from local directories or MLflow
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         settings = load_settings(args.conf, args.overrides)
         if args.command == "demo":

@@ -105,7 +105,9 @@ def _load_network(model_dir: Path, device: torch.device):
 
         return load_mla_encoder(model_dir, device)
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     model = AutoModel.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
     if device.type == "cuda":
         model = model.half()

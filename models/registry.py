@@ -34,8 +34,9 @@ def register_model(model_dir: Path, name: str, alias: str,
 
     from mlabatch.models import pyfunc_model
 
+    example = pd.DataFrame({"text": ["an example document"]})
     signature = infer_signature(
-        pd.DataFrame({"text": ["an example document"]}),
+        example,
         pd.DataFrame({"embedding": [np.zeros(4, dtype=np.float32)]}),
     )
     with mlflow.start_run(run_name=f"register {name}"):
@@ -46,6 +47,7 @@ def register_model(model_dir: Path, name: str, alias: str,
             python_model=pyfunc_model.__file__,
             artifacts={MLFLOW_ARTIFACT: str(model_dir), **(extra_artifacts or {})},
             signature=signature,
+            input_example=example,
             registered_model_name=name,
         )
     version = info.registered_model_version

@@ -2,6 +2,17 @@
 from __future__ import annotations
 
 
+def limit_cpu_threads() -> None:
+    """Give torch only the cores Spark assigned to this task, so concurrent tasks do not oversubscribe."""
+    from pyspark import TaskContext
+
+    import torch
+
+    context = TaskContext.get()
+    if context is not None:
+        torch.set_num_threads(max(int(context.cpus()), 1))
+
+
 def task_device(preference: str = "auto") -> str:
     """'cuda:<i>' for the task's assigned GPU, else 'cuda' if one is visible, else 'cpu'.
 

@@ -10,7 +10,7 @@ from typing import Iterator
 import pandas as pd
 
 from mlabatch.models.embedder import Embedder
-from mlabatch.udfs.devices import task_device
+from mlabatch.udfs.devices import limit_cpu_threads, task_device
 from mlabatch.udfs.model_cache import get_embedder
 
 EMBED_RESULT_TYPE = "embedding array<float>, token_count int, truncated boolean, error string"
@@ -66,6 +66,8 @@ def embed_udf(model_uri: str, batch_size: int = 64, device: str = "auto"):
     @pandas_udf(EMBED_RESULT_TYPE)
     def embed(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         chosen = task_device(device)
+        if chosen == "cpu":
+            limit_cpu_threads()
         for texts in batches:
             yield embed_series(texts, model_uri, chosen, batch_size)
 

@@ -1,0 +1,53 @@
+"""Settings: defaults, overlays, overrides, and errors that name the key and the fix."""
+import pytest
+
+from mlabatch.jobs.config import SettingsError, load_settings
+
+
+def test_local_defaults_are_valid():
+    settings = load_settings()
+    assert settings.source.table == "data/tables/documents"
+    assert settings.model.uri == "models:/mlabatch-minilm@champion"
+    assert settings.embed.max_tokens == 256
+
+
+def test_overlay_and_override_order():
+    settings = load_settings(["dev"], ["embed.batch_size=17", "target.table=main.s.other"])
+    assert settings.source.table == "main.mlabatch_dev.documents"  # from dev.yml
+    assert settings.embed.batch_size == 17  # override wins over dev.yml's 256
+    assert settings.target.table == "main.s.other"
+
+
+def test_yaml_file_overlay(tmp_path):
+    conf = tmp_path / "mine.yml"
+    conf.write_text("source:\n  table: /data/docs\n  text_column: body\n")
+    settings = load_settings([str(conf)])
+    assert (settings.source.table, settings.source.text_column) == ("/data/docs", "body")
+
+
+@pytest.mark.parametrize("override, words", [
+    ("embed.batch_sise=3", ["embed.batch_sise", "unknown key", "batch_size"]),
+    ("embed.batch_size=many", ["embed.batch_size", "integer"]),
+    ("embed.device=tpu", ["embed.device", "auto"]),
+    ("source.table=my table!", ["source.table", "catalog.schema.table"]),
+    ("source.text_column=te xt", ["source.text_column", "column name"]),
+    ("target.table=data/tables/documents", ["same table"]),
+    ("embed.overlap_tokens=200", ["overlap_tokens", "half"]),
+    ("nonsense=1", ["section.key=value"]),
+    ("sourcee.table=x/y", ["sourcee", "unknown key"]),
+])
+def test_bad_settings_name_key_and_fix(override, words):
+    with pytest.raises(SettingsError) as err:
+        load_settings([], [override])
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_unknown_conf_name_lists_choices():
+    with pytest.raises(SettingsError, match=r"dev.*prod|prod.*dev"):
+        load_settings(["staging"])
+
+
+def test_missing_conf_file(tmp_path):
+    with pytest.raises(SettingsError, match="does not exist"):
+        load_settings([str(tmp_path / "nope.yml")])
