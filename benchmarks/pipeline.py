@@ -71,7 +71,6 @@ def main() -> None:
     direct_s = time.perf_counter() - started
 
     spark = get_spark(settings("warm").spark)
-    spark.conf.set("spark.ui.showConsoleProgress", "false")
     write_docs("warm", chunks[:64])
     run_embed(settings("warm"))  # starts Python workers and loads the model in each
     write_docs("bench", chunks)
