@@ -39,7 +39,8 @@ class PoolingConfig:
     @classmethod
     def from_dir(cls, model_dir: Path) -> "PoolingConfig":
         """Read sentence-transformers' files if present; plain HF models get mean pooling, normalized."""
-        mode, normalize, max_tokens = "mean", True, 512
+        config = json.loads((model_dir / "config.json").read_text())
+        mode, normalize, max_tokens = "mean", True, int(config.get("max_position_embeddings", 512))
         modules_file = model_dir / "modules.json"
         if modules_file.exists():
             modules = json.loads(modules_file.read_text())
