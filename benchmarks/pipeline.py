@@ -44,7 +44,6 @@ def sample_chunks(n: int, tokenizer, max_tokens: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=2000)
-    parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
 
     model_dir = bundled_minilm_dir()
@@ -56,7 +55,6 @@ def main() -> None:
         return load_settings([], [
             f"source.table={work}/{name}-source", f"target.table={work}/{name}-target",
             f"model.uri={model_dir}", "source.build_sample_if_missing=false",
-            f"embed.batch_size={args.batch_size}",
             f"mlflow.tracking_uri=sqlite:///{work}/mlflow.db", f"mlflow.registry_uri=sqlite:///{work}/mlflow.db",
             f"mlflow.artifact_location={work}/artifacts",
         ])
@@ -65,9 +63,9 @@ def main() -> None:
         write_arrow(str(work / f"{name}-source"), pa.table({"id": [f"c{i}" for i in range(len(texts))],
                                                            "text": texts}))
 
-    embedder.embed(chunks[:64], batch_size=args.batch_size)  # warm-up
+    embedder.embed(chunks[:64])  # warm-up
     started = time.perf_counter()
-    embedder.embed(chunks, batch_size=args.batch_size)
+    embedder.embed(chunks)
     direct_s = time.perf_counter() - started
 
     spark = get_spark(settings("warm").spark)

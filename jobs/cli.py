@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--conf", action="append", default=[], metavar="NAME|FILE",
                         help="a settings overlay: dev, prod, or a YAML file (repeatable, later wins)")
     common.add_argument("--set", action="append", default=[], dest="overrides", metavar="SECTION.KEY=VALUE",
-                        help="override one setting, e.g. --set embed.batch_size=128 (repeatable)")
+                        help="override one setting, e.g. --set embed.max_tokens=128 (repeatable)")
     common.add_argument("-q", "--quiet", action="store_true", help="print only the final summary")
 
     parser = argparse.ArgumentParser(prog="mlabatch", description=DESCRIPTION, epilog=EXAMPLES,

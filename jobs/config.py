@@ -53,7 +53,7 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
     key, sep, raw = override.partition("=")
     parts = key.strip().split(".")
     if not sep or len(parts) != 2 or not all(parts):
-        raise SettingsError(f"--set {override!r}: write section.key=value, e.g. --set embed.batch_size=128")
+        raise SettingsError(f"--set {override!r}: write section.key=value, e.g. --set embed.max_tokens=128")
     section, name = parts
     value = yaml.safe_load(raw) if raw.strip() else None
     target = data.setdefault(section, {})

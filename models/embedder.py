@@ -1,22 +1,26 @@
-"""Sentence embeddings: tokenizer + encoder network + pooling, the way sentence-transformers does it.
+"""Sentence embeddings, fast: the embedding engine behind `Embedder.embed(texts) -> float32 [n, d]`.
 
-`Embedder.embed(texts)` returns float32 [n, d]; `embed_with_counts` also returns per-text token
-counts and truncation flags, which the UDF reports per row.
+Texts are tokenized in slices on a background thread (the Rust tokenizer releases the GIL) while
+the device works on the previous slice. Each slice is length-sorted and cut into batches of at most
+`token_budget` real tokens; batches are packed (no padding, see packed_encoder), copied from pinned
+memory, run in fp16 on CUDA, and pooled in fp32 as the model's sentence-transformers config says.
+One device-to-host copy per slice.
 """
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer
+import torch.nn.functional as F
+from tokenizers import Encoding, Tokenizer
 from tqdm.auto import tqdm
 
-# A network maps (input_ids, attention_mask) to last hidden states [b, t, hidden].
-Network = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from mlabatch.models.packed_encoder import PackedEncoder, PackedLayout
 
 
 @dataclass
@@ -62,63 +66,91 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-class Embedder:
-    """Embeds texts with one encoder; holds no Spark or MLflow state, so it runs anywhere."""
+def plan_batches(lengths: list[int], token_budget: int) -> list[list[int]]:
+    """Row indices grouped by ascending length so each group holds at most `token_budget` tokens."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    used = 0
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if current and used + lengths[i] > token_budget:
+            batches.append(current)
+            current, used = [], 0
+        current.append(i)
+        used += lengths[i]
+    if current:
+        batches.append(current)
+    return batches
 
-    def __init__(self, network: Network, tokenizer: Tokenizer, pooling: PoolingConfig,
-                 device: torch.device, dim: int):
-        self.network = network
+
+class Embedder:
+    """Embeds texts with one packed encoder; holds no Spark or MLflow state, so it runs anywhere."""
+
+    def __init__(self, encoder: PackedEncoder, tokenizer: Tokenizer, pooling: PoolingConfig,
+                 device: torch.device, token_budget: int | None = None, slice_size: int = 4096):
+        self.encoder = encoder
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.device = device
-        self.dim = dim
-
-    @property
-    def max_tokens(self) -> int:
-        """Longest input the model embeds; longer texts are cut and flagged."""
-        return self.pooling.max_tokens
+        self.dim = encoder.word.embedding_dim
+        self.max_tokens = min(pooling.max_tokens, encoder.max_positions)
+        # Large batches keep an H100 busy; on CPUs smaller ones keep the attention padding cheap.
+        self.token_budget = token_budget or (65536 if device.type == "cuda" else 4096)
+        self.slice_size = slice_size
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Token counts of whole texts, special tokens included, without truncation."""
         self.tokenizer.no_truncation()
         return [len(e.ids) for e in self.tokenizer.encode_batch(list(texts))]
 
-    def embed(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
+    def embed(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
         """float32 [len(texts), dim] embeddings."""
-        return self.embed_with_counts(texts, batch_size, show_progress).embeddings
+        return self.embed_with_counts(texts, show_progress).embeddings
+
+    def _tokenize(self, texts: list[str]) -> list[Encoding]:
+        return self.tokenizer.encode_batch(texts)
 
     @torch.inference_mode()
-    def embed_with_counts(self, texts: Sequence[str], batch_size: int = 64,
-                          show_progress: bool = False) -> EmbedResult:
-        """Embed in length-sorted batches (less padding), returning rows in the input order."""
+    def embed_with_counts(self, texts: Sequence[str], show_progress: bool = False) -> EmbedResult:
+        """Embeddings plus token counts and truncation flags, rows in input order."""
+        texts = list(texts)
         self.tokenizer.enable_truncation(self.max_tokens)
-        encodings = self.tokenizer.encode_batch(list(texts))
-        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
-        out = np.zeros((len(encodings), self.dim), dtype=np.float32)
-        starts = range(0, len(order), batch_size)
-        for start in tqdm(starts, desc="embedding", unit="batch", disable=not show_progress):
-            rows = order[start:start + batch_size]
-            out[rows] = self._embed_batch([encodings[i].ids for i in rows])
-        return EmbedResult(
-            embeddings=out,
-            token_counts=[len(e.ids) for e in encodings],
-            truncated=[bool(e.overflowing) for e in encodings],
-        )
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        counts: list[int] = []
+        truncated: list[bool] = []
+        starts = list(range(0, len(texts), self.slice_size))
+        with ThreadPoolExecutor(max_workers=1) as pool, \
+                tqdm(total=len(texts), desc="embedding", unit="text", disable=not show_progress) as bar:
+            pending = pool.submit(self._tokenize, texts[:self.slice_size]) if texts else None
+            for n, start in enumerate(starts):
+                encodings = pending.result()
+                if n + 1 < len(starts):  # tokenize the next slice while this one runs
+                    nxt = starts[n + 1]
+                    pending = pool.submit(self._tokenize, texts[nxt:nxt + self.slice_size])
+                out[start:start + len(encodings)] = self._embed_encodings(encodings)
+                counts += [len(e.ids) for e in encodings]
+                truncated += [bool(e.overflowing) for e in encodings]
+                bar.update(len(encodings))
+        return EmbedResult(out, counts, truncated)
 
-    def _embed_batch(self, ids: list[list[int]]) -> np.ndarray:
-        width = max(len(x) for x in ids)
-        input_ids = torch.zeros((len(ids), width), dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for row, seq in enumerate(ids):
-            input_ids[row, :len(seq)] = torch.tensor(seq)
-            mask[row, :len(seq)] = 1
-        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        hidden = self.network(input_ids, mask).float()
-        if self.pooling.mode == "cls":
-            pooled = hidden[:, 0]
-        else:
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-        if self.pooling.normalize:
-            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+    def _embed_encodings(self, encodings: list[Encoding]) -> np.ndarray:
+        lengths = [len(e.ids) for e in encodings]
+        pooled = torch.empty((len(encodings), self.dim), dtype=torch.float32,
+                             device=self.device)
+        for rows in plan_batches(lengths, self.token_budget):
+            ids = torch.from_numpy(np.concatenate([np.asarray(encodings[i].ids, dtype=np.int64) for i in rows]))
+            if self.device.type == "cuda":
+                ids = ids.pin_memory().to(self.device, non_blocking=True)
+            layout = PackedLayout.from_lengths([lengths[i] for i in rows], self.device)
+            hidden = self.encoder(ids, layout)
+            pooled[torch.tensor(rows, device=self.device)] = self._pool(hidden, layout)
         return pooled.cpu().numpy()
+
+    def _pool(self, hidden: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
+        """[b, d] float32: mean over each sequence's tokens, or its first ([CLS]) token."""
+        if self.pooling.mode == "cls":
+            vectors = hidden[layout.cu_seqlens[:-1].long()].float()
+        else:
+            sums = torch.zeros((layout.num_seqs, hidden.shape[1]), dtype=torch.float32, device=hidden.device)
+            sums.index_add_(0, layout.seq_index, hidden.float())
+            vectors = sums / layout.cu_seqlens.diff().unsqueeze(1).float()
+        return F.normalize(vectors, p=2, dim=1) if self.pooling.normalize else vectors

@@ -14,6 +14,7 @@ import torch
 from tokenizers import Tokenizer
 
 from mlabatch.models.embedder import Embedder, PoolingConfig, pick_device
+from mlabatch.models.packed_encoder import PackedEncoder, packed_from_hf_bert, packed_from_mla_encoder
 
 MLFLOW_ARTIFACT = "model_dir"  # name of the weights directory inside a logged mlabatch pyfunc
 
@@ -98,20 +99,25 @@ def _weights_dir(model_root: Path, uri: str) -> Path:
     return model_root / artifacts[MLFLOW_ARTIFACT]["path"]
 
 
-def _load_network(model_dir: Path, device: torch.device):
-    """The encoder network: our MLA encoder for converted models, else the Hugging Face original."""
+SUPPORTED_ENCODERS = ("bert", "MLA-converted bert")
+
+
+def _load_encoder(model_dir: Path, device: torch.device) -> PackedEncoder:
+    """The packed encoder: ours for MLA-converted models, else built on the Hugging Face BertModel."""
     if (model_dir / "mla_config.json").exists():
         from mlabatch.models.mla_encoder import load_mla_encoder
 
-        return load_mla_encoder(model_dir, device)
-    from transformers import AutoModel
+        return packed_from_mla_encoder(load_mla_encoder(model_dir, device))
+    model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
+    if model_type != "bert":
+        raise ValueError(f"{model_dir} is a {model_type!r} model; the embedder supports {SUPPORTED_ENCODERS}")
+    from transformers import BertModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    model = AutoModel.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
-    if device.type == "cuda":
-        model = model.half()
-    return lambda ids, mask: model(input_ids=ids, attention_mask=mask).last_hidden_state
+    model = BertModel.from_pretrained(model_dir, dtype=torch.float32, add_pooling_layer=False)
+    encoder = packed_from_hf_bert(model).to(device).eval()
+    return encoder.half() if device.type == "cuda" else encoder
 
 
 def load_tokenizer(model_dir: Path) -> Tokenizer:
@@ -121,15 +127,9 @@ def load_tokenizer(model_dir: Path) -> Tokenizer:
     return tokenizer
 
 
-def load_model(uri: str | Path, device: str | torch.device = "auto") -> Embedder:
+def load_model(uri: str | Path, device: str | torch.device = "auto", token_budget: int | None = None) -> Embedder:
     """Load an embedder from a URI or a resolved local directory onto `device`."""
     model_dir = Path(uri) if Path(uri).is_dir() else resolve_model(str(uri)).local_dir
     target = pick_device(device)
-    config = json.loads((model_dir / "config.json").read_text())
-    return Embedder(
-        network=_load_network(model_dir, target),
-        tokenizer=load_tokenizer(model_dir),
-        pooling=PoolingConfig.from_dir(model_dir),
-        device=target,
-        dim=int(config["hidden_size"]),
-    )
+    return Embedder(_load_encoder(model_dir, target), load_tokenizer(model_dir), PoolingConfig.from_dir(model_dir),
+                    target, token_budget=token_budget)

@@ -138,7 +138,7 @@ def embed_documents(spark: SparkSession, settings: Settings, model: ResolvedMode
     chunks = (new_docs.mapInPandas(chunker, CHUNK_SCHEMA)
               .repartition(partitions)
               .sortWithinPartitions("n_tokens"))
-    embed = embed_column or embed_udf(worker_model_ref, batch_size=cfg.batch_size, device=cfg.device)
+    embed = embed_column or embed_udf(worker_model_ref, token_budget=cfg.token_budget, device=cfg.device)
     result = chunks.withColumn("r", embed(F.col("chunk_text"))).select(
         "id", "chunk", "content_hash", F.lit(model.version).alias("model_version"), "chunk_text",
         F.col("r.token_count").alias("token_count"),

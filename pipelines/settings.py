@@ -61,7 +61,7 @@ class EmbedSettings(_Section):
     max_tokens: int = Field(256, ge=8, le=8192)
     overlap_tokens: int = Field(32, ge=0)
     max_chunks_per_doc: int = Field(64, ge=1)
-    batch_size: int = Field(64, ge=1, le=8192)
+    token_budget: int | None = Field(None, ge=64)
     partitions_per_worker: int = Field(2, ge=1, le=64)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

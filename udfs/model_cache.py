@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 from mlabatch.models.embedder import Embedder
 from mlabatch.models.loading import load_model, load_tokenizer, resolve_model
 
-_MODELS: dict[tuple[str, str], Embedder] = {}
+_MODELS: dict[tuple[str, str, int | None], Embedder] = {}
 _LOCK = threading.Lock()
 
 
@@ -21,12 +21,12 @@ def local_model_dir(model_ref: str) -> Path:
     return path if path.is_dir() else resolve_model(model_ref).local_dir
 
 
-def get_embedder(model_ref: str, device: str) -> Embedder:
-    """The cached embedder for (model, device), loading it if this process has none yet."""
-    key = (model_ref, device)
+def get_embedder(model_ref: str, device: str, token_budget: int | None = None) -> Embedder:
+    """The cached embedder for (model, device, token budget), loading it if this process has none yet."""
+    key = (model_ref, device, token_budget)
     with _LOCK:
         if key not in _MODELS:
-            _MODELS[key] = load_model(local_model_dir(model_ref), device)
+            _MODELS[key] = load_model(local_model_dir(model_ref), device, token_budget)
         return _MODELS[key]
 
 

@@ -31,9 +31,9 @@ def test_fp16_gpu_matches_fp32_cpu(random_minilm):
     from mlabatch.models.loading import load_model
 
     texts = ["short", "", "Grüße 日本語 🚀", topics["class"], topics["for"][:700]] + [topics["if"][:n] for n in (50, 400)]
-    cpu = load_model(random_minilm, "cpu").embed(texts, batch_size=3)
+    cpu = load_model(random_minilm, "cpu", token_budget=300).embed(texts)
     gpu_model = load_model(random_minilm, "cuda")
     assert gpu_model.device.type == "cuda"
-    gpu = gpu_model.embed(texts, batch_size=3)
+    gpu = gpu_model.embed(texts)
     cosine = (cpu * gpu).sum(1) / np.linalg.norm(cpu, axis=1) / np.linalg.norm(gpu, axis=1)
     assert gpu.dtype == np.float32 and cosine.min() >= 0.999, cosine

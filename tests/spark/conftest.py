@@ -62,7 +62,7 @@ def make_settings(tmp_path, minilm_dir):
             "source.build_sample_if_missing=false",
             "embed.max_tokens=128",
             "embed.overlap_tokens=16",
-            "embed.batch_size=16",
+            "embed.token_budget=512",
             f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
             f"mlflow.registry_uri=sqlite:///{tmp_path}/mlflow.db",
             f"mlflow.artifact_location={tmp_path}/artifacts",

@@ -113,7 +113,7 @@ def test_a_task_failing_on_its_first_attempt_is_retried_without_loss_or_duplicat
     def flaky_embed(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         context = TaskContext.get()
         for i, texts in enumerate(batches):
-            yield embed_series(texts, ref, "cpu", 16)
+            yield embed_series(texts, ref, "cpu")
             if context.attemptNumber() == 0 and context.partitionId() % 2 == 0:
                 (failures / f"partition-{context.partitionId()}").touch()
                 raise RuntimeError("simulated executor loss after the first batch")

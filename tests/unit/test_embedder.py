@@ -25,9 +25,11 @@ def _cosine(a, b):
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
-@pytest.mark.parametrize("batch_size", [1, 3, 64])
-def test_matches_sentence_transformers(embedder, reference, batch_size):
-    ours = embedder.embed(TEXTS, batch_size=batch_size)
+@pytest.mark.parametrize("token_budget", [1, 300, 4096])  # one text per batch, a few, all at once
+def test_matches_sentence_transformers(minilm_dir, reference, token_budget):
+    from mlabatch.models.loading import load_model
+
+    ours = load_model(minilm_dir, "cpu", token_budget=token_budget).embed(TEXTS)
     assert ours.dtype == np.float32 and ours.shape == (len(TEXTS), 384)
     assert _cosine(ours, reference).min() >= 0.9999
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
@@ -43,6 +45,6 @@ def test_counts_and_truncation(embedder):
 
 def test_order_is_kept_despite_length_sorting(embedder):
     texts = ["b " * 100, "a", "c " * 10]
-    batched = embedder.embed(texts, batch_size=2)
+    batched = embedder.embed(texts)
     for i, text in enumerate(texts):
         np.testing.assert_allclose(batched[i], embedder.embed([text])[0], atol=1e-5)

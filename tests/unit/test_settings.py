@@ -12,9 +12,9 @@ def test_local_defaults_are_valid():
 
 
 def test_overlay_and_override_order():
-    settings = load_settings(["dev"], ["embed.batch_size=17", "target.table=main.s.other"])
+    settings = load_settings(["dev"], ["embed.token_budget=2048", "target.table=main.s.other"])
     assert settings.source.table == "main.mlabatch_dev.documents"  # from dev.yml
-    assert settings.embed.batch_size == 17  # override wins over dev.yml's 256
+    assert settings.embed.token_budget == 2048
     assert settings.target.table == "main.s.other"
 
 
@@ -26,8 +26,9 @@ def test_yaml_file_overlay(tmp_path):
 
 
 @pytest.mark.parametrize("override, words", [
-    ("embed.batch_sise=3", ["embed.batch_sise", "unknown key", "batch_size"]),
-    ("embed.batch_size=many", ["embed.batch_size", "integer"]),
+    ("embed.token_budgt=3", ["embed.token_budgt", "unknown key", "token_budget"]),
+    ("embed.token_budget=many", ["embed.token_budget", "integer"]),
+    ("embed.token_budget=8", ["embed.token_budget", "greater than or equal to 64"]),
     ("embed.device=tpu", ["embed.device", "auto"]),
     ("source.table=my table!", ["source.table", "catalog.schema.table"]),
     ("source.text_column=te xt", ["source.text_column", "column name"]),

@@ -9,7 +9,7 @@ from mlabatch.udfs.embed import embed_series
 
 def test_each_bad_value_gets_an_error_and_good_rows_a_vector(minilm_dir, embedder):
     values = pd.Series(["good text", None, "", "   \t", 42, float("nan"), "more good text"], dtype=object)
-    out = embed_series(values, str(minilm_dir), "cpu", batch_size=4)
+    out = embed_series(values, str(minilm_dir), "cpu", token_budget=64)
     assert list(out["error"]) == [None, "text is null", "text is empty or whitespace",
                                   "text is empty or whitespace", "text is a int, not a string",
                                   "text is null", None]
@@ -23,13 +23,13 @@ def test_a_row_that_breaks_the_model_is_isolated(monkeypatch, embedder):
     class Fragile:
         """The real embedder, except that it raises on one poisoned text."""
 
-        def embed_with_counts(self, texts, batch_size):
+        def embed_with_counts(self, texts):
             if any("POISON" in t for t in texts):
                 raise RuntimeError("cannot embed this")
-            return embedder.embed_with_counts(texts, batch_size)
+            return embedder.embed_with_counts(texts)
 
-    monkeypatch.setattr(embed_module, "get_embedder", lambda ref, device: Fragile())
-    out = embed_series(pd.Series(["fine", "POISON pill", "also fine"]), "unused", "cpu", 8)
+    monkeypatch.setattr(embed_module, "get_embedder", lambda ref, device, budget: Fragile())
+    out = embed_series(pd.Series(["fine", "POISON pill", "also fine"]), "unused", "cpu")
     assert out["error"][1] == "embedding failed: RuntimeError: cannot embed this"
     assert out["error"][0] is None and out["error"][2] is None
     assert out["embedding"][0] is not None and out["embedding"][2] is not None

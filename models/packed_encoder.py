@@ -1,0 +1,159 @@
+"""BERT-family encoders run on packed tokens: no padding enters the linear layers or attention.
+
+A batch of sequences is one [T, d] tensor of real tokens plus cumulative lengths. Token-wise work
+(embeddings, projections, feed-forward, LayerNorm) runs on T rows only; attention is variable-length
+(FlashAttention's varlen kernel through torch on CUDA, masked SDPA over a padded view on the CPU).
+Built from a Hugging Face BertModel or from an MLA-converted encoder, sharing the same weights.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+try:  # torch >= 2.10 ships FlashAttention's variable-length kernel
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # pragma: no cover - older torch: the padded path below is used
+    varlen_attn = None
+
+
+@dataclass
+class PackedLayout:
+    """Where each packed token sits: its sequence, its position, and cumulative lengths."""
+
+    cu_seqlens: torch.Tensor  # int32 [b + 1]
+    seq_index: torch.Tensor  # int64 [T]
+    positions: torch.Tensor  # int64 [T]
+    max_len: int
+
+    @property
+    def num_seqs(self) -> int:
+        return self.cu_seqlens.numel() - 1
+
+    @classmethod
+    def from_lengths(cls, lengths: list[int], device: torch.device) -> "PackedLayout":
+        lens = torch.tensor(lengths, dtype=torch.int64)
+        seq_index = torch.repeat_interleave(torch.arange(len(lengths)), lens)
+        starts = torch.cumsum(lens, 0) - lens
+        positions = torch.arange(int(lens.sum())) - torch.repeat_interleave(starts, lens)
+        cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+        cu[1:] = torch.cumsum(lens, 0)
+        return cls(cu.to(device), seq_index.to(device), positions.to(device), max(lengths))
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
+    """Bidirectional attention within each sequence; q, k, v and the result are [T, heads, head_dim]."""
+    if varlen_attn is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        return varlen_attn(q, k, v, layout.cu_seqlens, layout.cu_seqlens, layout.max_len, layout.max_len)
+    b, length = layout.num_seqs, layout.max_len
+    flat = layout.seq_index * length + layout.positions
+
+    def padded(x: torch.Tensor) -> torch.Tensor:
+        out = x.new_zeros(b * length, *x.shape[1:])
+        out.index_copy_(0, flat, x)
+        return out.view(b, length, *x.shape[1:]).transpose(1, 2)
+
+    mask = torch.zeros(b * length, dtype=torch.bool, device=q.device)
+    mask[flat] = True
+    out = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), attn_mask=mask.view(b, 1, 1, length))
+    return out.transpose(1, 2).reshape(b * length, *q.shape[1:]).index_select(0, flat)
+
+
+class FusedQKV(nn.Module):
+    """Queries, keys and values from one matmul (BERT's three projections concatenated)."""
+
+    def __init__(self, q: nn.Linear, k: nn.Linear, v: nn.Linear, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.proj = nn.Linear(q.in_features, 3 * q.out_features)
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.cat([q.weight, k.weight, v.weight]))
+            self.proj.bias.copy_(torch.cat([q.bias, k.bias, v.bias]))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v = self.proj(x).view(x.shape[0], 3, self.heads, -1).unbind(1)
+        return q, k, v
+
+
+class LatentQKV(nn.Module):
+    """Queries, keys and values of an MLA-converted layer: keys and values expanded from the latent."""
+
+    def __init__(self, attn: nn.Module):
+        super().__init__()
+        if attn.shape.d_rope or not attn.shape.has_nope:
+            raise ValueError("packed encoders support MLA layers without RoPE (BERT-family) only")
+        self.attn = attn
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        s = self.attn.shape
+        group = s.n_heads // s.n_kv_heads
+        c = self.attn.kv_down(x)
+        k = torch.einsum("tc,gdc->tgd", c, self.attn.k_up).repeat_interleave(group, dim=1)
+        v = torch.einsum("tc,gdc->tgd", c, self.attn.v_up).repeat_interleave(group, dim=1)
+        return self.attn.q_nope(x).view(x.shape[0], s.n_heads, s.head_dim), k, v
+
+
+class PackedLayer(nn.Module):
+    """A post-LayerNorm transformer encoder layer (BERT's) on packed tokens."""
+
+    def __init__(self, qkv: nn.Module, out: nn.Linear, attn_norm: nn.LayerNorm, ffn_in: nn.Linear,
+                 ffn_out: nn.Linear, ffn_norm: nn.LayerNorm, act):
+        super().__init__()
+        self.qkv, self.out, self.attn_norm = qkv, out, attn_norm
+        self.ffn_in, self.ffn_out, self.ffn_norm, self.act = ffn_in, ffn_out, ffn_norm, act
+
+    def forward(self, x: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
+        attended = varlen_attention(*self.qkv(x), layout).reshape(x.shape[0], -1)
+        x = self.attn_norm(x + self.out(attended))
+        return self.ffn_norm(x + self.ffn_out(self.act(self.ffn_in(x))))
+
+
+class PackedEncoder(nn.Module):
+    """Embeddings (word + learned position + token type 0) and layers, on packed tokens."""
+
+    def __init__(self, word: nn.Embedding, position: nn.Embedding, token_type: nn.Embedding,
+                 norm: nn.LayerNorm, layers: list[PackedLayer]):
+        super().__init__()
+        self.word, self.position, self.token_type, self.norm = word, position, token_type, norm
+        self.layers = nn.ModuleList(layers)
+
+    @property
+    def max_positions(self) -> int:
+        return self.position.num_embeddings
+
+    def forward(self, ids: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
+        """Hidden states [T, d] for packed token ids [T]."""
+        x = self.norm(self.word(ids) + self.position(layout.positions) + self.token_type.weight[0])
+        for layer in self.layers:
+            x = layer(x, layout)
+        return x
+
+
+def packed_from_hf_bert(model: nn.Module) -> PackedEncoder:
+    """Wrap a transformers BertModel's weights (no copies but the fused QKV)."""
+    emb, heads = model.embeddings, model.config.num_attention_heads
+    layers = [
+        PackedLayer(
+            FusedQKV(layer.attention.self.query, layer.attention.self.key, layer.attention.self.value, heads),
+            layer.attention.output.dense, layer.attention.output.LayerNorm,
+            layer.intermediate.dense, layer.output.dense, layer.output.LayerNorm,
+            layer.intermediate.intermediate_act_fn,
+        )
+        for layer in model.encoder.layer
+    ]
+    return PackedEncoder(emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings,
+                         emb.LayerNorm, layers)
+
+
+def packed_from_mla_encoder(model: nn.Module) -> PackedEncoder:
+    """Wrap an MLA-converted encoder (mlabatch.models.mla_encoder.MLAEncoder)."""
+    emb = model.embeddings
+    layers = [
+        PackedLayer(LatentQKV(layer.attn), layer.attn.o_proj, layer.attn_norm, layer.ffn_in,
+                    layer.ffn_out, layer.ffn_norm, layer.act)
+        for layer in model.layers
+    ]
+    return PackedEncoder(emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings,
+                         emb.LayerNorm, layers)
