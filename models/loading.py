@@ -115,7 +115,7 @@ def _load_encoder(model_dir: Path, device: torch.device) -> PackedEncoder:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    model = BertModel.from_pretrained(model_dir, dtype=torch.float32, add_pooling_layer=False)
+    model = BertModel.from_pretrained(model_dir, dtype=torch.float32)
     encoder = packed_from_hf_bert(model).to(device).eval()
     return encoder.half() if device.type == "cuda" else encoder
 
