@@ -1,0 +1,285 @@
+"""Convert a Hugging Face model directory (BERT, Llama, Qwen2) to MLA: `convert(hf_dir, config, out_dir)`.
+
+Per layer, keys are rotated per frequency (RoRoPE) into d_rope RoPE'd dims and the rest, which with the
+values are compressed into the latent c: `[K_nope / alpha ; V] ~= U c`, U the top d_c eigenvectors of
+`A M A^T` (A the stacked weights, M = E[x x^T] from calibration for "pca", the identity for "svd" and
+"exact"). Biases: b_q stays in the query, b_k is dropped where no RoPE touches it, b_v goes to the output
+bias. The output directory holds `model.safetensors`, `mla_config.json`, the source's `config.json`,
+tokenizer and sentence-transformers files.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from mlabatch.models.calibration import (LayerStats, cache_key, calibration_texts, collect_stats, load_stats,
+                                         save_stats)
+from mlabatch.models.mla_config import (KERNEL_D_ROPE, KERNEL_D_V, MLA_CONFIG_FILE, ConversionError, MLAConfig,
+                                        kernel_dims)
+from mlabatch.models.linalg import eigh_descending
+from mlabatch.models.rope import rorope_rotation
+
+
+@dataclass(frozen=True)
+class _Arch:
+    """Where a source architecture keeps its attention weights and how its other weights are renamed."""
+
+    kind: str  # "encoder" or "decoder"
+    layer: str  # prefix of layer i, with {i}
+    q: str
+    k: str
+    v: str
+    o: str
+    renames: tuple[tuple[str, str], ...]  # regex -> our name, applied to non-attention weights
+    drop: str  # regex of source weights the runtime does not use
+
+
+_BERT = _Arch(
+    "encoder", "encoder.layer.{i}.", "attention.self.query", "attention.self.key", "attention.self.value",
+    "attention.output.dense",
+    ((r"^encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.", r"layers.\1.attn_norm."),
+     (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"layers.\1.ffn_in."),
+     (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"layers.\1.ffn_out."),
+     (r"^encoder\.layer\.(\d+)\.output\.LayerNorm\.", r"layers.\1.ffn_norm."),
+     (r"^(embeddings\.)", r"\1")),
+    r"^pooler\.|position_ids$")
+_LLAMA = _Arch(
+    "decoder", "model.layers.{i}.", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    ((r"^model\.layers\.(\d+)\.input_layernorm\.", r"layers.\1.attn_norm."),
+     (r"^model\.layers\.(\d+)\.post_attention_layernorm\.", r"layers.\1.mlp_norm."),
+     (r"^model\.layers\.(\d+)\.mlp\.", r"layers.\1.mlp."),
+     (r"^model\.(embed_tokens|norm)\.", r"\1."),
+     (r"^(lm_head)\.", r"\1.")),
+    r"rotary_emb")
+ARCHITECTURES = {"bert": _BERT, "llama": _LLAMA, "qwen2": _LLAMA}  # HF model_type -> layout
+
+
+@dataclass(frozen=True)
+class SourceShape:
+    """Attention sizes of the source model, read from its config.json."""
+
+    arch: str
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    has_rope: bool
+
+    @property
+    def kv_values_per_token(self) -> int:
+        """Cached K and V values per token per layer in the source model."""
+        return 2 * self.n_kv_heads * self.head_dim
+
+    def exact_d_rope(self) -> int:
+        """d_rope that keeps every RoPE'd key (0 without RoPE)."""
+        return self.n_kv_heads * self.head_dim if self.has_rope else 0
+
+    def exact_d_c(self, d_rope: int) -> int:
+        """Rank of [K_nope ; V] for a given d_rope: the largest d_c that is not redundant."""
+        n_nope = self.n_kv_heads * self.head_dim - d_rope if self.has_rope else self.n_kv_heads * self.head_dim
+        return min(self.d_model, n_nope + self.n_kv_heads * self.head_dim)
+
+
+def read_source_shape(hf_dir: Path) -> SourceShape:
+    """Source sizes from `hf_dir/config.json`; raises ConversionError for a missing dir, weights or architecture."""
+    hf_dir = Path(hf_dir)
+    if not (hf_dir / "config.json").is_file():
+        raise ConversionError(f"{hf_dir} has no config.json; pass a Hugging Face model directory")
+    if not (list(hf_dir.glob("*.safetensors")) or list(hf_dir.glob("pytorch_model*.bin"))):
+        raise ConversionError(f"{hf_dir} has no weights (*.safetensors or pytorch_model*.bin)")
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    arch = cfg.get("model_type")
+    if arch not in ARCHITECTURES:
+        raise ConversionError(f"architecture {arch!r} is not supported; supported model_type values: "
+                              f"{sorted(ARCHITECTURES)} (BertModel, LlamaForCausalLM, Qwen2ForCausalLM)")
+    n_heads = cfg["num_attention_heads"]
+    rope_type = (cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}).get("rope_type", "default")
+    if ARCHITECTURES[arch].kind == "decoder" and rope_type != "default":
+        raise ConversionError(f"rope type {rope_type!r} is not supported; only default RoPE")
+    return SourceShape(arch=arch, d_model=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
+                       n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
+                       head_dim=cfg.get("head_dim") or cfg["hidden_size"] // n_heads,
+                       has_rope=ARCHITECTURES[arch].kind == "decoder")
+
+
+def resolve_widths(shape: SourceShape, config: MLAConfig) -> tuple[int, int]:
+    """(d_c, d_rope) for this model, validated; raises ConversionError naming the allowed values."""
+    hd, nkv = shape.head_dim, shape.n_kv_heads
+    allowed_rope = [hd * n for n in range(1, nkv + 1)] if shape.has_rope else [0]
+    d_rope = config.d_rope if config.d_rope is not None else shape.exact_d_rope()
+    if d_rope not in allowed_rope:
+        raise ConversionError(f"d_rope={d_rope} is not allowed for {shape.arch}: choose one of {allowed_rope} "
+                              f"({hd} = RoRoPE shared key, {hd * nkv} = keys kept exactly)"
+                              if shape.has_rope else f"d_rope={d_rope}: {shape.arch} has no RoPE, use d_rope=0")
+    exact = shape.exact_d_c(d_rope)
+    if config.method == "exact":
+        if d_rope != shape.exact_d_rope() or config.d_c not in (None, exact):
+            full = shape.exact_d_c(shape.exact_d_rope())
+            raise ConversionError(f"method 'exact' needs d_c={full} and d_rope={shape.exact_d_rope()} "
+                                  f"(or leave both unset) for {shape.arch}")
+    d_c = exact if config.d_c is None else config.d_c
+    if not 1 <= d_c <= exact:
+        raise ConversionError(f"d_c={d_c} is larger than exact ({exact}) for {shape.arch} with d_rope={d_rope}; "
+                              f"choose 1 <= d_c <= {exact}")
+    if ARCHITECTURES[shape.arch].kind == "decoder" and kernel_dims(d_c, d_rope) is None:
+        raise ConversionError(f"d_c={d_c}, d_rope={d_rope} is not supported by the decode kernel: it needs d_c in "
+                              f"{KERNEL_D_V} with d_rope in {KERNEL_D_ROPE}, or d_c + d_rope in {KERNEL_D_V}")
+    return d_c, d_rope
+
+
+def _attention_weights(state: dict[str, torch.Tensor], arch: _Arch, i: int) -> dict[str, torch.Tensor]:
+    """Source q/k/v/o weights and biases of layer i in float64 (zero biases where the source has none)."""
+    out = {}
+    for name in ("q", "k", "v", "o"):
+        key = arch.layer.format(i=i) + getattr(arch, name)
+        w = state[key + ".weight"].double()
+        out["w" + name] = w
+        bias = state.get(key + ".bias")
+        out["b" + name] = torch.zeros(w.shape[0], dtype=torch.float64) if bias is None else bias.double()
+    return out
+
+
+def convert_attention(p: dict[str, torch.Tensor], shape: SourceShape, d_c: int, d_rope: int, method: str,
+                      stats: LayerStats | None) -> dict[str, torch.Tensor]:
+    """MLAAttention weights (float32) for one source layer's q/k/v/o weights and biases."""
+    hd, nkv, nh = shape.head_dim, shape.n_kv_heads, shape.n_heads
+    group = nh // nkv
+    d = shape.d_model
+    calibrated = method == "pca"
+    m = stats.second_moment if calibrated else torch.eye(d, dtype=torch.float64)
+    mean = stats.mean if calibrated else torch.zeros(d, dtype=torch.float64)
+    alpha = stats.k_abs / stats.v_abs if calibrated else 1.0
+    n_kv = nkv * hd
+    if shape.has_rope and d_rope < n_kv:
+        rot = rorope_rotation(p["wk"], m, nkv, hd)
+    else:
+        rot = torch.eye(n_kv, dtype=torch.float64)
+    rot_rope, rot_nope = rot[:d_rope], rot[d_rope:]
+    wq = p["wq"].view(nh, hd, d)
+    bq = p["bq"].view(nh, hd)
+    out: dict[str, torch.Tensor] = {}
+    if d_rope:
+        blocks = [rot_rope[:, (h // group) * hd:(h // group + 1) * hd] for h in range(nh)]  # [d_rope, hd] each
+        out["q_rope.weight"] = torch.cat([b @ wq[h] for h, b in enumerate(blocks)])
+        out["q_rope.bias"] = torch.cat([b @ bq[h] for h, b in enumerate(blocks)])
+        out["k_rope.weight"] = rot_rope @ p["wk"]
+        out["k_rope.bias"] = rot_rope @ p["bk"]
+    n_nope = rot_nope.shape[0]
+    stacked = torch.cat([rot_nope @ p["wk"] / alpha, p["wv"]])  # [n_nope + n_kv, d]
+    # Centered PCA: the mean's residual is a constant key (dropped exactly) plus a constant value (a bias).
+    u = eigh_descending(stacked @ (m - torch.outer(mean, mean)) @ stacked.T)[1][:, :d_c]  # top principal directions
+    z_mean = stacked @ mean
+    v_offset = (z_mean - u @ (u.T @ z_mean))[n_nope:]
+    out["kv_down.weight"] = u.T @ stacked
+    out["v_up"] = u[n_nope:].reshape(nkv, hd, d_c)
+    if n_nope:
+        out["q_nope.weight"], out["q_nope.bias"] = p["wq"], p["bq"]
+        u_k = alpha * u[:n_nope]
+        out["k_up"] = torch.stack([rot_nope[:, g * hd:(g + 1) * hd].T @ u_k for g in range(nkv)])
+    bv = (p["bv"] + v_offset).view(nkv, hd).repeat_interleave(group, dim=0).reshape(-1)
+    out["o_proj.weight"] = p["wo"]
+    out["o_proj.bias"] = p["bo"] + p["wo"] @ bv
+    return {k: v.float().contiguous() for k, v in out.items()}
+
+
+def _rename(state: dict[str, torch.Tensor], arch: _Arch, n_layers: int) -> dict[str, torch.Tensor]:
+    """Non-attention weights under the runtime's names."""
+    attn = tuple(arch.layer.format(i=i) + getattr(arch, n) + "." for i in range(n_layers) for n in "qkvo")
+    out = {}
+    for key, value in state.items():
+        if key.startswith(attn) or re.search(arch.drop, key):
+            continue
+        for pattern, repl in arch.renames:
+            new, hits = re.subn(pattern, repl, key)
+            if hits:
+                out[new] = value.float().contiguous()
+                break
+        else:
+            raise ConversionError(f"unexpected weight {key!r} in the source model")
+    return out
+
+
+def _load_source(hf_dir: Path, shape: SourceShape):
+    """The source model in float32 (eval mode) and its tokenizer."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    cls = AutoModel if ARCHITECTURES[shape.arch].kind == "encoder" else AutoModelForCausalLM
+    model = cls.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(hf_dir)
+
+
+def _stats(model, tokenizer, shape: SourceShape, hf_dir: Path, config: MLAConfig,
+           stats_cache: Path | None) -> list[LayerStats]:
+    """Calibration statistics, read from / written to `stats_cache` when given."""
+    path = None if stats_cache is None else Path(stats_cache) / f"stats-{cache_key(hf_dir, config.calibration)}.pt"
+    if path is not None and path.exists():
+        return load_stats(path)
+    arch = ARCHITECTURES[shape.arch]
+    layers = []
+    for i in range(shape.n_layers):
+        prefix = arch.layer.format(i=i)
+        layers.append((model.get_submodule(prefix + arch.q), model.get_submodule(prefix + arch.k).weight,
+                       model.get_submodule(prefix + arch.v).weight))
+    stats = collect_stats(model, tokenizer, layers, config.calibration)
+    if path is not None:
+        save_stats(stats, path)
+    return stats
+
+
+_COPY = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+         "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja", "generation_config.json",
+         "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "LICENSE", "NOTICE")
+
+
+def convert(hf_dir: str | Path, config: MLAConfig, out_dir: str | Path, stats_cache: str | Path | None = None) -> Path:
+    """Convert `hf_dir` to MLA per `config`, write it to `out_dir` and return that path.
+
+    `stats_cache` (a directory) lets repeated conversions of one model reuse calibration statistics.
+    Raises ConversionError before any work for bad input.
+    """
+    started = time.perf_counter()
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    shape = read_source_shape(hf_dir)
+    d_c, d_rope = resolve_widths(shape, config)
+    arch = ARCHITECTURES[shape.arch]
+    if config.method == "pca":  # fail on an unreadable calibration source before loading anything
+        calibration_texts(config.calibration)
+    model, tokenizer = _load_source(hf_dir, shape)
+    stats = _stats(model, tokenizer, shape, hf_dir, config, stats_cache) if config.method == "pca" else None
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    if arch.kind == "decoder" and "lm_head.weight" in state and model.config.tie_word_embeddings:
+        del state["lm_head.weight"]
+    weights = _rename(state, arch, shape.n_layers)
+    for i in range(shape.n_layers):
+        attn = convert_attention(_attention_weights(state, arch, i), shape, d_c, d_rope, config.method,
+                                 None if stats is None else stats[i])
+        weights.update({f"layers.{i}.attn.{k}": v for k, v in attn.items()})
+    runtime = {"architecture": shape.arch, "kind": arch.kind, "d_c": d_c, "d_rope": d_rope,
+               "n_heads": shape.n_heads, "n_kv_heads": shape.n_kv_heads, "head_dim": shape.head_dim,
+               "has_nope": d_rope < shape.n_kv_heads * shape.head_dim if shape.has_rope else True,
+               "kv_values_per_token_before": shape.kv_values_per_token, "kv_values_per_token_after": d_c + d_rope}
+    if arch.kind == "decoder":
+        rotary = model.model.rotary_emb
+        weights["rope_inv_freq"] = rotary.inv_freq.detach().float().clone()
+        runtime["rope_scaling"] = float(getattr(rotary, "attention_scaling", 1.0))
+        runtime["tie_word_embeddings"] = bool(model.config.tie_word_embeddings)
+        runtime["kernel_head_dim_v"], runtime["kernel_d_rope"] = kernel_dims(d_c, d_rope)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    for name in _COPY:
+        if (hf_dir / name).is_file():
+            shutil.copy2(hf_dir / name, out_dir / name)
+    if (hf_dir / "1_Pooling").is_dir():
+        shutil.copytree(hf_dir / "1_Pooling", out_dir / "1_Pooling", dirs_exist_ok=True)
+    runtime["conversion"] = {**config.to_dict(), "source": str(hf_dir.resolve()),
+                             "seconds": round(time.perf_counter() - started, 3)}
+    (out_dir / MLA_CONFIG_FILE).write_text(json.dumps(runtime, indent=2) + "\n")
+    return out_dir

@@ -1,0 +1,125 @@
+"""Fidelity report of a converted model against its source, on held-out text: what MLA cost and saved.
+
+Encoders: cosine of mean-pooled, normalized embeddings (mean, p1, min). Decoders: perplexity of both,
+top-1 next-token agreement, and agreement of greedy continuations (converted side through the paged,
+absorbed decode path). Both: KV values per token per layer and KV bytes per token (all layers, 16-bit)
+before and after, and seconds taken.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mlabatch.models.calibration import heldout_texts
+from mlabatch.models.mla_config import MLA_CONFIG_FILE
+
+KV_BYTES = 2  # bf16/fp16 cache entries
+
+
+def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    w = mask[..., None].to(hidden.dtype)
+    return F.normalize((hidden * w).sum(1) / w.sum(1).clamp(min=1e-9), dim=-1)
+
+
+@torch.no_grad()
+def encoder_fidelity(src_dir: Path, mla_dir: Path, num_texts: int, max_tokens: int) -> dict:
+    """Cosine of the converted model's embeddings to the source's on held-out texts."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from mlabatch.models.mla_encoder import load_mla_encoder
+
+    tok = AutoTokenizer.from_pretrained(src_dir)
+    src = AutoModel.from_pretrained(src_dir, dtype=torch.float32).eval()
+    mla = load_mla_encoder(mla_dir, "cpu")
+    cos = []
+    texts = heldout_texts(num_texts)
+    for i in range(0, len(texts), 8):
+        batch = tok(texts[i:i + 8], padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        a = _mean_pool(src(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+        b = _mean_pool(mla(ids, mask), mask)
+        cos.append((a * b).sum(-1))
+    c = torch.cat(cos).double()
+    return {"n_texts": len(texts), "cosine_mean": c.mean().item(), "cosine_p1": torch.quantile(c, 0.01).item(),
+            "cosine_min": c.min().item()}
+
+
+@torch.no_grad()
+def decoder_fidelity(src_dir: Path, mla_dir: Path, num_texts: int, max_tokens: int, greedy_prompts: int,
+                     greedy_tokens: int) -> dict:
+    """Perplexities, top-1 agreement and greedy-continuation agreement of converted vs source decoder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mlabatch.models.mla_decoder import load_mla_decoder
+
+    tok = AutoTokenizer.from_pretrained(src_dir)
+    src = AutoModelForCausalLM.from_pretrained(src_dir, dtype=torch.float32).eval()
+    mla = load_mla_decoder(mla_dir, "cpu")
+    texts = heldout_texts(max(num_texts, greedy_prompts))
+    nll_src = nll_mla = agree = n = 0.0
+    for text in texts[:num_texts]:
+        ids = tok(text, truncation=True, max_length=max_tokens, return_tensors="pt")["input_ids"]
+        a, b = src(ids).logits[0, :-1].float(), mla(ids)[0, :-1]
+        nll_src += F.cross_entropy(a, ids[0, 1:], reduction="sum").item()
+        nll_mla += F.cross_entropy(b, ids[0, 1:], reduction="sum").item()
+        agree += (a.argmax(-1) == b.argmax(-1)).sum().item()
+        n += ids.shape[1] - 1
+    prompts = [tok(t, return_tensors="pt")["input_ids"][0, :32].tolist() for t in texts[:greedy_prompts]]
+    ref = [src.generate(torch.tensor([p]), max_new_tokens=greedy_tokens, min_new_tokens=greedy_tokens,
+                        do_sample=False)[0, len(p):].tolist() for p in prompts]
+    got = greedy_mla(mla, prompts, greedy_tokens)
+    prefix = [next((i for i, (x, y) in enumerate(zip(r, g)) if x != y), greedy_tokens) for r, g in zip(ref, got)]
+    ppl_src, ppl_mla = float(torch.tensor(nll_src / n).exp()), float(torch.tensor(nll_mla / n).exp())
+    return {"n_texts": num_texts, "n_tokens": int(n), "ppl_original": ppl_src, "ppl_converted": ppl_mla,
+            "ppl_ratio": ppl_mla / ppl_src, "top1_agreement": agree / n,
+            "greedy_prefix_agreement": sum(prefix) / (greedy_tokens * len(prompts)),
+            "greedy_identical": sum(p == greedy_tokens for p in prefix) / len(prompts)}
+
+
+def greedy_mla(model, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """Greedy continuations of `prompts` through prefill and the paged absorbed decode steps."""
+    blocks = sum(-(-(len(p) + new_tokens) // 64) for p in prompts)
+    cache = model.new_cache(blocks)
+    seqs, logits = model.prefill(prompts, cache)
+    out = [[] for _ in prompts]
+    for step in range(new_tokens):
+        tokens = logits.argmax(-1)
+        for row, t in zip(out, tokens.tolist()):
+            row.append(t)
+        if step + 1 < new_tokens:
+            logits = model.decode_step(seqs, tokens, cache)
+    return out
+
+
+def fidelity_report(src_dir: str | Path, mla_dir: str | Path, num_texts: int = 16, max_tokens: int = 256,
+                    greedy_prompts: int = 4, greedy_tokens: int = 32) -> dict:
+    """JSON-ready report for a directory written by `convert` against its source directory."""
+    started = time.perf_counter()
+    src_dir, mla_dir = Path(src_dir), Path(mla_dir)
+    mla = json.loads((mla_dir / MLA_CONFIG_FILE).read_text())
+    layers = json.loads((mla_dir / "config.json").read_text())["num_hidden_layers"]
+    report = {"model": src_dir.name, "architecture": mla["architecture"], "method": mla["conversion"]["method"],
+              "d_c": mla["d_c"], "d_rope": mla["d_rope"],
+              "kv_values_per_token_before": mla["kv_values_per_token_before"],
+              "kv_values_per_token_after": mla["kv_values_per_token_after"],
+              "kv_bytes_per_token_before": mla["kv_values_per_token_before"] * layers * KV_BYTES,
+              "kv_bytes_per_token_after": mla["kv_values_per_token_after"] * layers * KV_BYTES,
+              "calibration": mla["conversion"]["calibration"], "conversion_seconds": mla["conversion"]["seconds"]}
+    if mla["kind"] == "encoder":
+        report.update(encoder_fidelity(src_dir, mla_dir, num_texts, max_tokens))
+    else:
+        report.update(decoder_fidelity(src_dir, mla_dir, num_texts, max_tokens, greedy_prompts, greedy_tokens))
+    report["evaluation_seconds"] = round(time.perf_counter() - started, 3)
+    return report
+
+
+def write_report(report: dict, path: str | Path) -> Path:
+    """Write a report as indented JSON; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path

@@ -1,0 +1,70 @@
+"""Conversion settings (MLAConfig) and the limits they are checked against.
+
+A converted layer caches, per token, one latent row `[c (d_c) ; k_rope (d_rope)]` shared by all heads.
+`d_rope` is 0 for models with learned positions, a multiple of head_dim for RoPE models: head_dim is
+RoRoPE (one shared RoPE key), n_kv_heads * head_dim keeps every RoPE'd key exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+METHODS = ("exact", "svd", "pca")
+KERNEL_D_V = (128, 192, 256, 384, 512)  # head_dim_v values the decode kernel supports
+KERNEL_D_ROPE = (0, 64)  # d_qk - d_v values the decode kernel supports
+MLA_CONFIG_FILE = "mla_config.json"
+
+
+class ConversionError(ValueError):
+    """A conversion request that cannot be honoured; the message names what is supported."""
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Which text calibrates PCA: `texts_file` (one text per line) or, if None, Python's bundled docs."""
+
+    num_texts: int = 32
+    max_tokens: int = 256
+    texts_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_texts < 1 or self.max_tokens < 8:
+            raise ConversionError(f"calibration needs num_texts >= 1 and max_tokens >= 8, got {self}")
+
+
+@dataclass(frozen=True)
+class MLAConfig:
+    """What to convert to: latent width d_c, RoPE key width d_rope, method; None widths mean exact."""
+
+    d_c: int | None = None
+    d_rope: int | None = None
+    method: str = "pca"
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConversionError(f"method {self.method!r} is not one of {METHODS}")
+        if self.method != "exact" and self.d_c is None:
+            raise ConversionError(f"method {self.method!r} needs d_c; only 'exact' derives it")
+        if self.calibration.texts_file is not None and not Path(self.calibration.texts_file).is_file():
+            raise ConversionError(f"calibration file {self.calibration.texts_file} does not exist")
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (paths as strings)."""
+        out = asdict(self)
+        tf = out["calibration"]["texts_file"]
+        out["calibration"]["texts_file"] = None if tf is None else str(tf)
+        return out
+
+
+def kernel_dims(d_c: int, d_rope: int) -> tuple[int, int] | None:
+    """The kernel's (head_dim_v, d_rope) for a latent row, or None if the kernel cannot run it.
+
+    V is the first d_c columns when d_c and d_rope are both kernel sizes; otherwise the whole row may be
+    presented as V (d_rope 0 to the kernel), the extra output columns being ignored by the up-projection.
+    """
+    if d_c in KERNEL_D_V and d_rope in KERNEL_D_ROPE:
+        return d_c, d_rope
+    if d_c + d_rope in KERNEL_D_V:
+        return d_c + d_rope, 0
+    return None

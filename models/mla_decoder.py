@@ -1,0 +1,149 @@
+"""Runtime of MLA-converted Llama/Qwen2 decoders: prefill into a paged latent cache, then one-token decode steps.
+
+Prefill runs the non-absorbed form (SDPA, causal) per sequence and stores each layer's latent rows;
+`decode_step` runs the absorbed form, one `flash_mla_with_kvcache` call per layer for the whole batch.
+`forward` is the cache-free non-absorbed reference over whole sequences.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from mlabatch.kernels import flash_mla_with_kvcache, get_mla_metadata
+from mlabatch.models.mla_attention import MLAAttention
+from mlabatch.models.mla_config import MLA_CONFIG_FILE
+from mlabatch.models.mla_encoder import mla_shape
+from mlabatch.models.paged_cache import PagedLatentCache
+from mlabatch.models.rope import rope_cos_sin
+
+
+class _MLP(nn.Module):
+    def __init__(self, d: int, inner: int, bias: bool) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(d, inner, bias=bias)
+        self.up_proj = nn.Linear(d, inner, bias=bias)
+        self.down_proj = nn.Linear(inner, d, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class _DecoderLayer(nn.Module):
+    def __init__(self, cfg: dict, mla: dict) -> None:
+        super().__init__()
+        d, eps = cfg["hidden_size"], cfg["rms_norm_eps"]
+        self.attn_norm = nn.RMSNorm(d, eps=eps)
+        self.attn = MLAAttention(mla_shape(mla, d))
+        self.mlp_norm = nn.RMSNorm(d, eps=eps)
+        self.mlp = _MLP(d, cfg["intermediate_size"], bool(cfg.get("mlp_bias", False)))
+
+
+class MLADecoder(nn.Module):
+    """Llama/Qwen2 with MLA attention; logits in float32."""
+
+    def __init__(self, cfg: dict, mla: dict) -> None:
+        super().__init__()
+        self.mla = mla
+        d = cfg["hidden_size"]
+        self.embed_tokens = nn.Embedding(cfg["vocab_size"], d)
+        self.layers = nn.ModuleList(_DecoderLayer(cfg, mla) for _ in range(cfg["num_hidden_layers"]))
+        self.norm = nn.RMSNorm(d, eps=cfg["rms_norm_eps"])
+        self.lm_head = nn.Linear(d, cfg["vocab_size"], bias=False)
+        if mla["tie_word_embeddings"]:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.register_buffer("rope_inv_freq", torch.zeros(mla["head_dim"] // 2))
+
+    @property
+    def cache_width(self) -> int:
+        """Values per cached token per layer (d_c + d_rope)."""
+        return self.mla["d_c"] + self.mla["d_rope"]
+
+    def new_cache(self, num_blocks: int) -> PagedLatentCache:
+        """An empty paged cache of `num_blocks` pages of 64 tokens on this model's device and dtype."""
+        p = self.embed_tokens.weight
+        return PagedLatentCache(len(self.layers), self.cache_width, num_blocks, dtype=p.dtype, device=p.device)
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return rope_cos_sin(positions, self.rope_inv_freq, self.mla["rope_scaling"])
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.norm(x)).float()
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits [b, t, vocab] of unpadded sequences [b, t], non-absorbed, without a cache."""
+        x = self.embed_tokens(input_ids)
+        rope = self._rope(torch.arange(input_ids.shape[1], device=input_ids.device)[None])
+        for layer in self.layers:
+            h = layer.attn_norm(x)
+            x = x + layer.attn(h, layer.attn.latent(h, rope), rope, causal=True)
+            x = x + layer.mlp(layer.mlp_norm(x))
+        return self._logits(x)
+
+    @torch.no_grad()
+    def prefill(self, input_ids_list: list[list[int]], cache: PagedLatentCache) -> tuple[list[int], torch.Tensor]:
+        """Add each prompt to `cache`; returns (sequence ids, logits of each prompt's last token [b, vocab])."""
+        seqs, last = [], []
+        device = self.embed_tokens.weight.device
+        for ids in input_ids_list:
+            if not ids:
+                raise ValueError("prefill needs at least one token per prompt")
+            seq = cache.add()
+            slots = cache.append(seq, len(ids))
+            x = self.embed_tokens(torch.tensor(ids, device=device)[None])
+            rope = self._rope(torch.arange(len(ids), device=device)[None])
+            for i, layer in enumerate(self.layers):
+                h = layer.attn_norm(x)
+                rows = layer.attn.latent(h, rope)
+                cache.write(i, slots, rows[0])
+                x = x + layer.attn(h, rows, rope, causal=True)
+                x = x + layer.mlp(layer.mlp_norm(x))
+            seqs.append(seq)
+            last.append(self._logits(x[:, -1])[0])
+        return seqs, torch.stack(last)
+
+    @torch.no_grad()
+    def decode_step(self, seqs: list[int], tokens: torch.Tensor, cache: PagedLatentCache) -> torch.Tensor:
+        """Append one token per sequence [b] and return next-token logits [b, vocab] (absorbed, paged)."""
+        device = self.embed_tokens.weight.device
+        positions = cache.seqlens(seqs).long()
+        slots = [cache.append(s, 1) for s in seqs]
+        slots = (torch.cat([s[0] for s in slots]), torch.cat([s[1] for s in slots]))
+        block_table, seqlens = cache.block_table(seqs), cache.seqlens(seqs)
+        n_heads = self.mla["n_heads"]
+        meta, splits = get_mla_metadata(seqlens, n_heads, 1)
+        x = self.embed_tokens(tokens.to(device))[:, None]
+        rope = self._rope(positions[:, None].to(device))
+        for i, layer in enumerate(self.layers):
+            h = layer.attn_norm(x)
+            cache.write(i, slots, layer.attn.latent(h, rope)[:, 0])
+            q = layer.attn.absorbed_queries(h, rope)
+            out, _ = flash_mla_with_kvcache(q, cache.kv[i], block_table, seqlens, self.mla["kernel_head_dim_v"],
+                                            meta, splits, softmax_scale=layer.attn.scale, causal=False)
+            x = x + layer.attn.absorbed_output(out)
+            x = x + layer.mlp(layer.mlp_norm(x))
+        return self._logits(x[:, 0])
+
+
+def load_mla_decoder(model_dir: str | Path, device: str | torch.device = "cpu",
+                     dtype: torch.dtype = torch.float32) -> MLADecoder:
+    """Load a converted decoder onto `device` in eval mode."""
+    model_dir = Path(model_dir)
+    mla = json.loads((model_dir / MLA_CONFIG_FILE).read_text())
+    if mla.get("kind") != "decoder":
+        raise ValueError(f"{model_dir} holds a converted {mla.get('kind')} model, not a decoder")
+    cfg = json.loads((model_dir / "config.json").read_text())
+    model = MLADecoder(cfg, mla)
+    state = load_file(str(model_dir / "model.safetensors"))
+    if mla["tie_word_embeddings"]:
+        state["lm_head.weight"] = state["embed_tokens.weight"]
+    model.load_state_dict(state)
+    model = model.to(device=device, dtype=dtype).eval()
+    model.rope_inv_freq = model.rope_inv_freq.float()  # RoPE angles stay float32 in 16-bit models
+    return model
+
