@@ -1,15 +1,16 @@
 """Sentence embeddings, fast: the embedding engine behind `Embedder.embed(texts) -> float32 [n, d]`.
 
-Texts are tokenized in slices on a background thread (the Rust tokenizer releases the GIL) while
-the device works on the previous slice. Each slice is length-sorted and cut into batches of at most
-`token_budget` real tokens; batches are packed (no padding, see packed_encoder), copied from pinned
-memory, run in fp16 on CUDA, and pooled in fp32 as the model's sentence-transformers config says.
-One device-to-host copy per slice.
+A background thread does all host work: it tokenizes texts in slices (the Rust tokenizer releases
+the GIL), sorts each slice by length, cuts it into batches of at most `token_budget` real tokens and
+packs each batch into pinned tensors (no padding, see packed_encoder). The calling thread only
+copies batches to the device and runs them (fp16 on CUDA), pooling in fp32 into one result tensor
+that is copied back once at the end.
 """
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -17,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tokenizers import Encoding, Tokenizer
+from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 from mlabatch.models.packed_encoder import PackedEncoder, PackedLayout
@@ -66,12 +67,38 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+@dataclass
+class HostBatch:
+    """One packed batch in host memory: output rows, token ids and their layout."""
+
+    rows: torch.Tensor  # int64 [b], rows of the result
+    ids: torch.Tensor  # int64 [T]
+    layout: PackedLayout
+
+    @classmethod
+    def pack(cls, ids: list[list[int]], rows: list[int], pin: bool) -> "HostBatch":
+        batch = cls(torch.tensor(rows), torch.from_numpy(np.fromiter((t for seq in ids for t in seq), dtype=np.int64)),
+                    PackedLayout.from_lengths([len(x) for x in ids]))
+        if pin:
+            batch = cls(batch.rows.pin_memory(), batch.ids.pin_memory(), batch.layout.pin_memory())
+        return batch
+
+    def to(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, PackedLayout]:
+        """(rows, ids, layout) on the device, copied asynchronously from pinned memory."""
+        return (self.rows.to(device, non_blocking=True), self.ids.to(device, non_blocking=True),
+                self.layout.to(device))
+
+
 def plan_batches(lengths: list[int], token_budget: int) -> list[list[int]]:
-    """Row indices grouped by ascending length so each group holds at most `token_budget` tokens."""
+    """Row indices grouped by ascending length so each group holds at most `token_budget` tokens.
+
+    Texts with no tokens at all (possible with tokenizers that add no special tokens) are left out:
+    their embedding stays zero.
+    """
     batches: list[list[int]] = []
     current: list[int] = []
     used = 0
-    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+    for i in sorted((i for i, n in enumerate(lengths) if n), key=lengths.__getitem__):
         if current and used + lengths[i] > token_budget:
             batches.append(current)
             current, used = [], 0
@@ -86,7 +113,7 @@ class Embedder:
     """Embeds texts with one packed encoder; holds no Spark or MLflow state, so it runs anywhere."""
 
     def __init__(self, encoder: PackedEncoder, tokenizer: Tokenizer, pooling: PoolingConfig,
-                 device: torch.device, token_budget: int | None = None, slice_size: int = 4096):
+                 device: torch.device, token_budget: int | None = None, slice_size: int = 2048):
         self.encoder = encoder
         self.tokenizer = tokenizer
         self.pooling = pooling
@@ -106,44 +133,43 @@ class Embedder:
         """float32 [len(texts), dim] embeddings."""
         return self.embed_with_counts(texts, show_progress).embeddings
 
-    def _tokenize(self, texts: list[str]) -> list[Encoding]:
-        return self.tokenizer.encode_batch(texts)
-
     @torch.inference_mode()
     def embed_with_counts(self, texts: Sequence[str], show_progress: bool = False) -> EmbedResult:
         """Embeddings plus token counts and truncation flags, rows in input order."""
         texts = list(texts)
-        self.tokenizer.enable_truncation(self.max_tokens)
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        counts: list[int] = []
-        truncated: list[bool] = []
-        starts = list(range(0, len(texts), self.slice_size))
-        with ThreadPoolExecutor(max_workers=1) as pool, \
-                tqdm(total=len(texts), desc="embedding", unit="text", disable=not show_progress) as bar:
-            pending = pool.submit(self._tokenize, texts[:self.slice_size]) if texts else None
-            for n, start in enumerate(starts):
-                encodings = pending.result()
-                if n + 1 < len(starts):  # tokenize the next slice while this one runs
-                    nxt = starts[n + 1]
-                    pending = pool.submit(self._tokenize, texts[nxt:nxt + self.slice_size])
-                out[start:start + len(encodings)] = self._embed_encodings(encodings)
-                counts += [len(e.ids) for e in encodings]
-                truncated += [bool(e.overflowing) for e in encodings]
-                bar.update(len(encodings))
-        return EmbedResult(out, counts, truncated)
+        counts = [0] * len(texts)
+        truncated = [False] * len(texts)
+        pooled = torch.zeros((len(texts), self.dim), dtype=torch.float32, device=self.device)
+        batches: queue.Queue = queue.Queue(maxsize=16)
+        producer = threading.Thread(target=self._produce, args=(texts, counts, truncated, batches), daemon=True)
+        producer.start()
+        with tqdm(total=len(texts), desc="embedding", unit="text", disable=not show_progress) as bar:
+            while (batch := batches.get()) is not None:
+                if isinstance(batch, BaseException):
+                    raise batch
+                rows, ids, layout = batch.to(self.device)
+                pooled[rows] = self._pool(self.encoder(ids, layout), layout)
+                bar.update(len(batch.rows))
+        producer.join()
+        return EmbedResult(pooled.cpu().numpy(), counts, truncated)
 
-    def _embed_encodings(self, encodings: list[Encoding]) -> np.ndarray:
-        lengths = [len(e.ids) for e in encodings]
-        pooled = torch.empty((len(encodings), self.dim), dtype=torch.float32,
-                             device=self.device)
-        for rows in plan_batches(lengths, self.token_budget):
-            ids = torch.from_numpy(np.concatenate([np.asarray(encodings[i].ids, dtype=np.int64) for i in rows]))
-            if self.device.type == "cuda":
-                ids = ids.pin_memory().to(self.device, non_blocking=True)
-            layout = PackedLayout.from_lengths([lengths[i] for i in rows], self.device)
-            hidden = self.encoder(ids, layout)
-            pooled[torch.tensor(rows, device=self.device)] = self._pool(hidden, layout)
-        return pooled.cpu().numpy()
+    def _produce(self, texts: list[str], counts: list[int], truncated: list[bool], out: queue.Queue) -> None:
+        """Host side: tokenize, sort, batch and pack; ends with None (or the exception it hit)."""
+        try:
+            self.tokenizer.enable_truncation(self.max_tokens)
+            pin = self.device.type == "cuda"
+            for start in range(0, len(texts), self.slice_size):
+                encodings = self.tokenizer.encode_batch(texts[start:start + self.slice_size])
+                ids = [e.ids for e in encodings]
+                lengths = [len(x) for x in ids]
+                for i, e in enumerate(encodings):
+                    counts[start + i] = lengths[i]
+                    truncated[start + i] = bool(e.overflowing)
+                for rows in plan_batches(lengths, self.token_budget):
+                    out.put(HostBatch.pack([ids[i] for i in rows], [start + i for i in rows], pin))
+            out.put(None)
+        except BaseException as err:  # noqa: BLE001 - handed to the consuming thread, which raises it
+            out.put(err)
 
     def _pool(self, hidden: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
         """[b, d] float32: mean over each sequence's tokens, or its first ([CLS]) token."""

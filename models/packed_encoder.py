@@ -33,14 +33,24 @@ class PackedLayout:
         return self.cu_seqlens.numel() - 1
 
     @classmethod
-    def from_lengths(cls, lengths: list[int], device: torch.device) -> "PackedLayout":
+    def from_lengths(cls, lengths: list[int]) -> "PackedLayout":
+        """The layout in host memory for sequences of these (non-zero) lengths."""
         lens = torch.tensor(lengths, dtype=torch.int64)
         seq_index = torch.repeat_interleave(torch.arange(len(lengths)), lens)
         starts = torch.cumsum(lens, 0) - lens
         positions = torch.arange(int(lens.sum())) - torch.repeat_interleave(starts, lens)
         cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
         cu[1:] = torch.cumsum(lens, 0)
-        return cls(cu.to(device), seq_index.to(device), positions.to(device), max(lengths))
+        return cls(cu, seq_index, positions, max(lengths))
+
+    def pin_memory(self) -> "PackedLayout":
+        return PackedLayout(self.cu_seqlens.pin_memory(), self.seq_index.pin_memory(),
+                            self.positions.pin_memory(), self.max_len)
+
+    def to(self, device: torch.device) -> "PackedLayout":
+        """The same layout on `device` (asynchronous from pinned memory)."""
+        return PackedLayout(*(t.to(device, non_blocking=True) for t in
+                              (self.cu_seqlens, self.seq_index, self.positions)), self.max_len)
 
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: PackedLayout) -> torch.Tensor:

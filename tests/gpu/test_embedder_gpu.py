@@ -17,8 +17,12 @@ def random_minilm(tmp_path_factory):
     from transformers import BertConfig, BertModel
 
     path = tmp_path_factory.mktemp("random-minilm")
+    from tokenizers.processors import BertProcessing
+
     tokenizer = BertWordPieceTokenizer(lowercase=True)
     tokenizer.train_from_iterator(list(topics.values()), vocab_size=3000)
+    tokenizer.post_processor = BertProcessing(("[SEP]", tokenizer.token_to_id("[SEP]")),
+                                              ("[CLS]", tokenizer.token_to_id("[CLS]")))
     tokenizer.save(str(path / "tokenizer.json"))
     config = BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=384, num_hidden_layers=6,
                         num_attention_heads=12, intermediate_size=1536)

@@ -48,3 +48,22 @@ def test_order_is_kept_despite_length_sorting(embedder):
     batched = embedder.embed(texts)
     for i, text in enumerate(texts):
         np.testing.assert_allclose(batched[i], embedder.embed([text])[0], atol=1e-5)
+
+
+def test_token_budgets_pack_sorted_batches_without_empty_rows():
+    from mlabatch.models.embedder import plan_batches
+
+    lengths = [5, 0, 3, 9, 3, 2]
+    batches = plan_batches(lengths, token_budget=8)
+    assert batches == [[5, 2, 4], [0], [3]]  # ascending length; each batch <= 8 tokens unless one text alone
+    assert sorted(i for b in batches for i in b) == [0, 2, 3, 4, 5]  # the zero-token text is left out
+
+
+def test_text_without_tokens_embeds_to_zeros(minilm_dir):
+    from mlabatch.models.loading import load_model
+
+    model = load_model(minilm_dir, "cpu")  # its own tokenizer instance: changing it affects no other test
+    model.tokenizer.post_processor = None  # no [CLS]/[SEP]: "" now has no tokens at all
+    out = model.embed_with_counts(["", "words here"])
+    assert out.token_counts[0] == 0 and not np.isnan(out.embeddings).any()
+    assert np.abs(out.embeddings[0]).sum() == 0 and abs(np.linalg.norm(out.embeddings[1]) - 1) < 1e-5
