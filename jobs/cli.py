@@ -1,4 +1,4 @@
-"""The `mlabatch` command line: demo, embed, models prepare."""
+"""The `mlabatch` command line: demo, embed, convert, models prepare."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +21,9 @@ examples:
   mlabatch models prepare                         register the bundled MiniLM in local MLflow
   mlabatch embed --set source.table=data/my_docs --set source.text_column=body
   mlabatch embed --conf my_settings.yml
+  mlabatch convert --set convert.d_c=256           all-MiniLM-L6-v2 -> MLA, report, register
+  mlabatch convert --set convert.source=smollm2 --set convert.d_c=256 --set convert.d_rope=64 \
+                   --set convert.output_dir=data/models/smollm2-mla --set convert.name=smollm2-mla
 """
 
 
@@ -37,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("demo", parents=[common], help="embed the sample documents table end to end")
     commands.add_parser("embed", parents=[common], help="embed new or changed documents of source.table")
+    commands.add_parser("convert", parents=[common],
+                        help="convert a model to MLA (convert.* settings), report fidelity, register it")
     models = commands.add_parser("models", help="manage models in the MLflow registry")
     models_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     models_commands.add_parser("prepare", parents=[common],
@@ -59,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
             from mlabatch.jobs.demo import run_demo
 
             print(run_demo(settings))
+        elif args.command == "convert":
+            from mlabatch.jobs.convert import run_convert, summary as convert_summary
+
+            model, report = run_convert(settings)
+            print(convert_summary(model, report, settings))
         elif args.command == "embed":
             from mlabatch.jobs.embed import run_embed, summary
 

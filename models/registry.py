@@ -23,30 +23,44 @@ def bundled_minilm_dir() -> Path:
     return path
 
 
-def register_model(model_dir: Path, name: str, alias: str,
-                   metrics: dict[str, float] | None = None,
-                   extra_artifacts: dict[str, str] | None = None) -> ResolvedModel:
-    """Log `model_dir` as an mlabatch pyfunc, register it as `name`, point `alias` at the new version."""
-    import mlflow
+def _pyfunc_for(model_dir: Path):
+    """(models-from-code file, input example, output example) for an embedder or an MLA decoder."""
+    import json
+
     import numpy as np
     import pandas as pd
-    from mlflow.models import infer_signature
 
+    mla_config = model_dir / "mla_config.json"
+    if mla_config.exists() and json.loads(mla_config.read_text()).get("kind") == "decoder":
+        from mlabatch.models import pyfunc_generator
+
+        return (pyfunc_generator.__file__, pd.DataFrame({"prompt": ["Once upon a time"]}),
+                pd.DataFrame({"text": [" there was"]}), {"max_new_tokens": 64})
     from mlabatch.models import pyfunc_model
 
-    example = pd.DataFrame({"text": ["an example document"]})
-    signature = infer_signature(
-        example,
-        pd.DataFrame({"embedding": [np.zeros(4, dtype=np.float32)]}),
-    )
-    with mlflow.start_run(run_name=f"register {name}"):
-        if metrics:
-            mlflow.log_metrics(metrics)
+    return (pyfunc_model.__file__, pd.DataFrame({"text": ["an example document"]}),
+            pd.DataFrame({"embedding": [np.zeros(4, dtype=np.float32)]}), None)
+
+
+def register_model(model_dir: Path, name: str, alias: str) -> ResolvedModel:
+    """Log `model_dir` as an mlabatch pyfunc, register it as `name`, point `alias` at the new version.
+
+    Logs into the active MLflow run if there is one (so a conversion's report sits beside its model),
+    else into a run of its own.
+    """
+    import contextlib
+
+    import mlflow
+    from mlflow.models import infer_signature
+
+    code, example, output, params = _pyfunc_for(Path(model_dir))
+    run = contextlib.nullcontext() if mlflow.active_run() else mlflow.start_run(run_name=f"register {name}")
+    with run:
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=pyfunc_model.__file__,
-            artifacts={MLFLOW_ARTIFACT: str(model_dir), **(extra_artifacts or {})},
-            signature=signature,
+            python_model=code,
+            artifacts={MLFLOW_ARTIFACT: str(model_dir)},
+            signature=infer_signature(example, output, params),
             input_example=example,
             registered_model_name=name,
         )

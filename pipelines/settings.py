@@ -75,6 +75,20 @@ class EmbedSettings(_Section):
         return self
 
 
+class ConvertSettings(_Section):
+    """`mlabatch convert`: which model to convert to MLA, how, and where to register it."""
+
+    source: str = "minilm"  # "minilm" or "smollm2" (the bundled packages), or a Hugging Face model directory
+    output_dir: str = "data/models/minilm-mla"
+    method: Literal["exact", "svd", "pca"] = "pca"
+    d_c: int | None = Field(192, ge=1)  # latent width; null with method exact derives the exact width
+    d_rope: int | None = Field(None, ge=0)  # shared RoPE key width (decoders); null: the method's default
+    calibration_texts: int = Field(32, ge=1)
+    calibration_max_tokens: int = Field(256, ge=8)
+    name: str = "mlabatch-minilm-mla"  # registered model name
+    alias: str = "champion"
+
+
 class MlflowSettings(_Section):
     tracking_uri: str
     registry_uri: str | None = None
@@ -96,6 +110,7 @@ class Settings(_Section):
     embed: EmbedSettings = EmbedSettings()
     mlflow: MlflowSettings
     spark: SparkSettings = SparkSettings()
+    convert: ConvertSettings = ConvertSettings()
 
     @model_validator(mode="after")
     def _distinct_tables(self) -> "Settings":

@@ -1,0 +1,81 @@
+"""`mlabatch convert`: convert a model to MLA, measure what it cost, register it in MLflow."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import mlflow
+
+from mlabatch.models.convert import convert
+from mlabatch.models.fidelity import fidelity_report, write_report
+from mlabatch.models.loading import ResolvedModel
+from mlabatch.models.mla_config import CalibrationConfig, MLAConfig
+from mlabatch.models.registry import bundled_minilm_dir, register_model
+from mlabatch.pipelines.settings import ConvertSettings, Settings
+from mlabatch.pipelines.tracking import configure_mlflow
+
+log = logging.getLogger(__name__)
+
+
+def source_dir(source: str, workdir: Path) -> Path:
+    """The Hugging Face directory to convert: a bundled model by name, or the given directory."""
+    if source == "minilm":
+        return bundled_minilm_dir()
+    if source == "smollm2":
+        from mlabatch.models.gguf import prepare_smollm2
+
+        return prepare_smollm2(workdir / "smollm2-135m-instruct")
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"convert.source {source!r} is neither minilm, smollm2 nor a model directory")
+    return path
+
+
+def mla_config(cfg: ConvertSettings) -> MLAConfig:
+    """The conversion request; invalid combinations raise ConversionError before any work."""
+    d_c = None if cfg.method == "exact" else cfg.d_c
+    return MLAConfig(d_c=d_c, d_rope=cfg.d_rope, method=cfg.method,
+                     calibration=CalibrationConfig(num_texts=cfg.calibration_texts,
+                                                   max_tokens=cfg.calibration_max_tokens))
+
+
+def run_convert(settings: Settings) -> tuple[ResolvedModel, dict]:
+    """Convert, write fidelity.json beside the weights, log both to MLflow and register under the alias."""
+    cfg = settings.convert
+    request = mla_config(cfg)
+    configure_mlflow(settings.mlflow)
+    out_dir = Path(cfg.output_dir)
+    src = source_dir(cfg.source, out_dir.parent)
+    with mlflow.start_run(run_name=f"convert {src.name} -> MLA"):
+        mlflow.log_params({"source": str(src), "method": cfg.method, "d_c": cfg.d_c, "d_rope": cfg.d_rope,
+                           "calibration_texts": cfg.calibration_texts})
+        log.info("converting %s (%s, d_c=%s, d_rope=%s) into %s", src, cfg.method, cfg.d_c, cfg.d_rope, out_dir)
+        convert(src, request, out_dir)
+        log.info("measuring fidelity on held-out text")
+        report = fidelity_report(src, out_dir)
+        write_report(report, out_dir / "fidelity.json")
+        mlflow.log_dict(report, "fidelity.json")
+        mlflow.log_metrics({k: float(v) for k, v in report.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        model = register_model(out_dir, cfg.name, cfg.alias)
+    return model, report
+
+
+def summary(model: ResolvedModel, report: dict, settings: Settings) -> str:
+    """What the conversion cost and saved, and how to use the result."""
+    cfg = settings.convert
+    quality = (f"cosine to the original: mean {report['cosine_mean']:.5f}, min {report['cosine_min']:.5f}"
+               if "cosine_mean" in report else
+               f"perplexity {report['ppl_original']:.2f} -> {report['ppl_converted']:.2f} "
+               f"(x{report['ppl_converted'] / report['ppl_original']:.3f}), "
+               f"top-1 agreement {report['top1_agreement']:.3f}")
+    return "\n".join([
+        f"mlabatch convert: {report['model']} -> MLA ({report['method']}, d_c={report['d_c']}, "
+        f"d_rope={report['d_rope']})",
+        f"  KV per token      {report['kv_values_per_token_before']} -> {report['kv_values_per_token_after']} "
+        f"values per layer ({report['kv_bytes_per_token_before']:,} -> {report['kv_bytes_per_token_after']:,} bytes)",
+        f"  quality           {quality}",
+        f"  report            {Path(cfg.output_dir) / 'fidelity.json'} (also in the MLflow run)",
+        f"  registered        {model.version} as models:/{cfg.name}@{cfg.alias}",
+        f"  embed with it     mlabatch embed --set model.uri=models:/{cfg.name}@{cfg.alias}",
+    ])
