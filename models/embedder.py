@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
+from mlabatch.models.chunking import split_text
 from mlabatch.models.packed_encoder import PackedEncoder, PackedLayout
 
 
@@ -89,6 +90,20 @@ class HostBatch:
                 self.layout.to(device))
 
 
+def pool_windows(vectors: np.ndarray, token_counts: Sequence[int], owners: np.ndarray, n: int,
+                 normalize: bool) -> np.ndarray:
+    """One vector per owner: the token-count-weighted mean of its windows' vectors (renormalized)."""
+    weights = np.asarray(token_counts, dtype=np.float32)[:, None]
+    sums = np.zeros((n, vectors.shape[1]), dtype=np.float32)
+    np.add.at(sums, owners, vectors * weights)
+    totals = np.zeros(n, dtype=np.float32)
+    np.add.at(totals, owners, weights[:, 0])
+    pooled = sums / np.maximum(totals, 1e-9)[:, None]
+    if normalize:
+        pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+    return pooled
+
+
 def plan_batches(lengths: list[int], token_budget: int) -> list[list[int]]:
     """Row indices grouped by ascending length so each group holds at most `token_budget` tokens.
 
@@ -132,6 +147,22 @@ class Embedder:
     def embed(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
         """float32 [len(texts), dim] embeddings."""
         return self.embed_with_counts(texts, show_progress).embeddings
+
+    def embed_documents(self, texts: Sequence[str], window: int | None = None, overlap: int = 32,
+                        max_chunks: int = 64, show_progress: bool = False) -> EmbedResult:
+        """One vector per document however long: overlapping windows, embedded, averaged by token count.
+
+        `window` defaults to the model's max_tokens. `token_counts` are the tokens embedded per
+        document; `truncated` marks documents cut at max_chunks.
+        """
+        window = min(window or self.max_tokens, self.max_tokens)
+        windows = [split_text(t, self.tokenizer, window, overlap, max_chunks) for t in texts]
+        result = self.embed_with_counts([c.text for w in windows for c in w], show_progress)
+        owners = np.repeat(np.arange(len(windows)), [len(w) for w in windows])
+        pooled = pool_windows(result.embeddings, result.token_counts, owners, len(windows), self.pooling.normalize)
+        counts = np.zeros(len(windows), dtype=np.int64)
+        np.add.at(counts, owners, result.token_counts)
+        return EmbedResult(pooled, counts.tolist(), [any(c.truncated for c in w) for w in windows])
 
     @torch.inference_mode()
     def embed_with_counts(self, texts: Sequence[str], show_progress: bool = False) -> EmbedResult:

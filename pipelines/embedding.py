@@ -18,7 +18,7 @@ from mlabatch.models.embedder import PoolingConfig
 from mlabatch.models.loading import ResolvedModel
 from mlabatch.pipelines.settings import Settings
 from mlabatch.pipelines.tables import merge_into, read_table, table_exists
-from mlabatch.udfs.chunk import CHUNK_SCHEMA, chunk_documents
+from mlabatch.udfs.chunk import CHUNK_SCHEMA, chunk_documents, pool_document_chunks
 from mlabatch.udfs.embed import embed_udf
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,9 @@ def embed_documents(spark: SparkSession, settings: Settings, model: ResolvedMode
         F.current_timestamp().alias("embedded_at"),
         F.lit(False).alias(DELETE),
     )
+    if cfg.long_documents == "pool":
+        normalize = PoolingConfig.from_dir(model.local_dir).normalize
+        result = result.groupBy("id").applyInPandas(pool_document_chunks(normalize), schema=result.schema)
 
     log.info("chunking and embedding in %d partitions (progress bar: Spark stages)", partitions)
     started = time.perf_counter()

@@ -62,6 +62,7 @@ class EmbedSettings(_Section):
     overlap_tokens: int = Field(32, ge=0)
     max_chunks_per_doc: int = Field(64, ge=1)
     token_budget: int | None = Field(None, ge=64)
+    long_documents: Literal["chunks", "pool"] = "chunks"
     partitions_per_worker: int = Field(2, ge=1, le=64)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

@@ -5,7 +5,10 @@ from typing import Callable, Iterator
 
 import pandas as pd
 
+import numpy as np
+
 from mlabatch.models.chunking import split_text
+from mlabatch.models.embedder import pool_windows
 from mlabatch.udfs.embed import input_error
 from mlabatch.udfs.model_cache import get_tokenizer
 
@@ -35,3 +38,27 @@ def chunk_documents(model_ref: str, max_tokens: int, overlap: int,
                                               "doc_truncated", "doc_error"])
 
     return chunk
+
+
+def pool_document_chunks(normalize: bool) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """A function for `groupBy("id").applyInPandas(f, schema)`: a document's chunk rows -> one row.
+
+    The vector is the token-weighted mean of the chunks that embedded; the row keeps chunk 0's other
+    fields, sums token counts, and is truncated if any chunk was. A document none of whose chunks
+    embedded keeps its first error.
+    """
+    def pool(chunks: pd.DataFrame) -> pd.DataFrame:
+        chunks = chunks.sort_values("chunk")
+        row = chunks.iloc[[0]].copy()
+        good = chunks[chunks["error"].isna()]
+        row["token_count"] = int(chunks["token_count"].sum())
+        row["truncated"] = bool(chunks["truncated"].any())
+        row["chunk_text"] = None if len(chunks) > 1 else row["chunk_text"].iloc[0]
+        if len(good):
+            vectors = np.stack(good["embedding"].to_numpy()).astype(np.float32)
+            owners = np.zeros(len(good), dtype=np.int64)
+            row["embedding"] = [pool_windows(vectors, good["token_count"].to_numpy(), owners, 1, normalize)[0]]
+            row["error"] = None
+        return row
+
+    return pool

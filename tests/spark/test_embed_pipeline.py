@@ -157,3 +157,17 @@ def test_problems_found_before_any_work(spark, make_settings, tmp_path, document
     with pytest.raises(SourceSchemaError, match="not string"):
         run_embed(settings)
     assert not DeltaTable.is_deltatable(settings.target.table)
+
+
+def test_pool_option_writes_one_vector_per_document(spark, make_settings, embedder, documents, write_source):
+    settings = make_settings("embed.long_documents=pool")
+    docs = documents()
+    write_source(settings.source.table, docs)
+    run_embed(settings)
+    rows = target_rows(settings)
+    assert sorted(rows) == sorted((doc_id, 0) for doc_id in docs)
+    expected = embedder.embed_documents([docs["doc-long"], docs["doc-longer"]], window=128, overlap=16)
+    for doc_id, vector in zip(("doc-long", "doc-longer"), expected.embeddings):
+        ours = np.array(rows[(doc_id, 0)]["embedding"], dtype=np.float32)
+        assert float(ours @ vector) / np.linalg.norm(ours) >= 0.9999
+    assert rows[("doc-null", 0)]["error"] == "text is null"

@@ -67,3 +67,18 @@ def test_text_without_tokens_embeds_to_zeros(minilm_dir):
     out = model.embed_with_counts(["", "words here"])
     assert out.token_counts[0] == 0 and not np.isnan(out.embeddings).any()
     assert np.abs(out.embeddings[0]).sum() == 0 and abs(np.linalg.norm(out.embeddings[1]) - 1) < 1e-5
+
+
+def test_document_pooling_weights_windows_by_tokens(embedder):
+    from mlabatch.models.chunking import split_text
+
+    short, long = "A short document.", topics["class"]
+    result = embedder.embed_documents([short, long], overlap=16, max_chunks=64)
+    np.testing.assert_allclose(result.embeddings[0], embedder.embed([short])[0], atol=1e-5)
+
+    windows = split_text(long, embedder.tokenizer, embedder.max_tokens, 16, 64)
+    parts = embedder.embed_with_counts([w.text for w in windows])
+    manual = (parts.embeddings * np.array(parts.token_counts)[:, None]).sum(0)
+    manual /= np.linalg.norm(manual)
+    assert len(windows) > 1 and float(manual @ result.embeddings[1]) >= 0.99999
+    assert result.token_counts[1] == sum(parts.token_counts) and result.truncated == [False, False]
