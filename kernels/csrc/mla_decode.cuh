@@ -1,0 +1,389 @@
+// Split-KV MLA decode kernel (sm_90a, mma.sync + cp.async) and the log-sum-exp combine kernel.
+//
+// One CTA = (scheduler part, kv head, tile of M = 16*R query rows). The part's 64-token pages stream
+// through a multi-stage cp.async ring in swizzled shared memory. Warps form an R x 4 grid: warp (r, c)
+// computes S for rows 16r.. and keys 16c.. of each page, the 4 warps of a row group exchange row maxima
+// and bf16 probabilities through shared memory, and warp (r, c) accumulates output columns
+// [c*DV/4, (c+1)*DV/4) for its rows in fp32 registers (online softmax, exp2 domain).
+// A request decoded by one part writes out/lse directly; pieces of a split request write fp32 partials
+// that mla_combine_kernel merges (launched as a programmatic dependent so its launch overlaps). Tiles of
+// <= 16 rows with d_qk <= 384 run two CTAs per SM when the schedule has twice as many parts as SMs.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include <type_traits>
+
+#include "mla_params.h"
+
+namespace mlabatch {
+
+constexpr int kPage = 64;
+constexpr int kColWarps = 4;
+constexpr int kSmemLimit = 227 * 1024;
+constexpr int kTwoCtaMaxDqk = 384;  // keep in sync with scheduler.TWO_CTA_MAX_D_QK
+
+template <typename T>
+struct Pack;
+template <>
+struct Pack<__nv_bfloat16> {
+  static __device__ __forceinline__ uint32_t two(float a, float b) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+};
+template <>
+struct Pack<__half> {
+  static __device__ __forceinline__ uint32_t two(float a, float b) {
+    __half2 v = __floats2half2_rn(a, b);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+};
+
+template <typename T>
+__device__ __forceinline__ void mma16816(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t* r, const void* p) {
+  uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+__device__ __forceinline__ void ldsm_x4_t(uint32_t* r, const void* p) {
+  uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+// 16-byte async copy; src_bytes = 0 zero-fills the destination (rows past a sequence's end).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void row_group_sync(int r) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(r + 1), "r"(kColWarps * 32));
+}
+
+// Element offset of (row, 16-byte chunk) in a row-major tile of `chunks` chunks per row, XOR-swizzled
+// so that 8 consecutive rows at one chunk hit 8 different bank groups (ldmatrix without conflicts).
+__device__ __forceinline__ int swz(int row, int chunk, int chunks) {
+  return row * chunks * 8 + ((chunk ^ (row & 7)) << 3);
+}
+
+// CTAS = CTAs resident per SM: 2 halves the shared-memory ring so that one CTA's request
+// prologue/epilogue overlaps the other's streaming (used for narrow heads when the schedule has 2 parts/SM).
+template <int DQK, int DV, int R, int CTAS>
+struct Tile {
+  static constexpr int kCtasPerSm = CTAS;
+  static constexpr int M = 16 * R;
+  static constexpr int kThreads = 32 * kColWarps * R;
+  static constexpr int kChunks = DQK / 8;
+  static constexpr int kBlockBytes = kPage * DQK * 2;
+  static constexpr int kQBytes = M * DQK * 2;
+  static constexpr int kPBytes = M * kPage * 2;
+  static constexpr int kRedBytes = 2 * kColWarps * M * 4;
+  static constexpr int kFree = (kSmemLimit / kCtasPerSm - 1024 * (kCtasPerSm - 1)) - kQBytes - kPBytes - kRedBytes;
+  static constexpr int kStages = kFree / kBlockBytes >= 4 ? 4 : kFree / kBlockBytes;
+  static constexpr int kSmem = kQBytes + kStages * kBlockBytes + kPBytes + kRedBytes;
+  static constexpr int kColsPerWarp = DV / kColWarps;
+  static constexpr int kNTiles = kColsPerWarp / 8;
+  static_assert(kStages >= 2, "shared memory too small for two pages");
+  static_assert(DQK % 64 == 0 && DV % 64 == 0 && DV <= DQK, "head dims must be multiples of 64");
+};
+
+template <typename T, int DQK, int DV, int R, int CTAS>
+__global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV, R, CTAS>::kCtasPerSm) mla_decode_kernel(const __grid_constant__ MlaParams p) {
+  using TL = Tile<DQK, DV, R, CTAS>;
+  constexpr int M = TL::M, NT = TL::kThreads, CH = TL::kChunks, S = TL::kStages;
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* q_s = reinterpret_cast<T*>(smem);
+  T* k_s = reinterpret_cast<T*>(smem + TL::kQBytes);
+  T* p_s = reinterpret_cast<T*>(smem + TL::kQBytes + S * TL::kBlockBytes);
+  float* red_max = reinterpret_cast<float*>(smem + TL::kQBytes + S * TL::kBlockBytes + TL::kPBytes);
+  float* red_sum = red_max + kColWarps * M;
+
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");  // let the combine grid launch early
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wr = warp / kColWarps, wc = warp % kColWarps;
+  const int part = blockIdx.x, h = blockIdx.y, mt = blockIdx.z;
+  const int* md = p.meta + part * 8;
+  const int begin_req = md[0], begin_blk = md[1], end_req = md[2], end_blk = md[3], begin_split = md[4];
+  const T* qg = static_cast<const T*>(p.q);
+  const T* kg = static_cast<const T*>(p.k);
+  // This thread's two rows of the MMA fragments (tile rows tr[0], tr[0] + 8) and their query index.
+  int tr[2], qrow[2];
+  tr[0] = wr * 16 + (lane >> 2);
+  tr[1] = tr[0] + 8;
+  qrow[0] = mt * M + tr[0];
+  qrow[1] = mt * M + tr[1];
+
+  for (int req = begin_req; req <= end_req; ++req) {
+    const int len = p.seqlens[req];
+    const int nblk = (len + kPage - 1) / kPage;
+    const int first = req == begin_req ? begin_blk : 0;
+    const int last = req == end_req ? end_blk : nblk;
+    const int n = last - first;
+    const int split = req == begin_req ? begin_split : 0;
+    const int* bt = p.block_table + static_cast<int64_t>(req) * p.bt_stride;
+
+    // Q tile: rows ordered (query i, head j of the group); rows past `rows` are zero.
+    for (int idx = tid; idx < M * CH; idx += NT) {
+      const int row = idx / CH, ch = idx % CH, qr = mt * M + row;
+      const bool ok = qr < p.rows;
+      const int i = ok ? qr / p.g : 0, j = ok ? qr % p.g : 0;
+      const T* src = qg + req * p.q_bs + i * p.q_ss + (h * p.g + j) * p.q_hs + ch * 8;
+      cp_async16(q_s + swz(row, ch, CH), src, ok ? 16 : 0);
+    }
+    auto load_page = [&](int stage, int blk) {
+      const int page = bt[blk];
+      const int valid = min(kPage, len - blk * kPage);
+      const T* base = kg + static_cast<int64_t>(page) * p.k_bs + h * p.k_hs;
+      T* dst = k_s + stage * (kPage * DQK);
+#pragma unroll 4
+      for (int idx = tid; idx < kPage * CH; idx += NT) {
+        const int row = idx / CH, ch = idx % CH;
+        const bool ok = row < valid;
+        cp_async16(dst + swz(row, ch, CH), base + (ok ? row : 0) * p.k_rs + ch * 8, ok ? 16 : 0);
+      }
+    };
+    if (n > 0) load_page(0, first);
+    cp_async_commit();
+#pragma unroll
+    for (int s = 1; s < S - 1; ++s) {
+      if (s < n) load_page(s, first + s);
+      cp_async_commit();
+    }
+
+    int lim[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      lim[e] = len;
+      if (p.causal) lim[e] = max(0, min(len, len - p.s_q + qrow[e] / p.g + 1));
+    }
+    float o[TL::kNTiles][4];
+#pragma unroll
+    for (int t = 0; t < TL::kNTiles; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+
+    for (int it = 0; it < n; ++it) {
+      cp_async_wait<S - 2>();
+      __syncthreads();
+      if (it + S - 1 < n) load_page((it + S - 1) % S, first + it + S - 1);
+      cp_async_commit();
+      const T* kb = k_s + (it % S) * (kPage * DQK);
+      const int blk = first + it;
+
+      // S = Q K^T for rows 16*wr.., keys 16*wc.. of this page.
+      float sc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll 4
+      for (int ks = 0; ks < DQK / 16; ++ks) {
+        uint32_t a[4], bq[4];
+        ldsm_x4(a, q_s + swz(wr * 16 + (lane & 15), ks * 2 + (lane >> 4), CH));
+        ldsm_x4(bq, kb + swz(wc * 16 + (lane & 7) + ((lane >> 4) << 3), ks * 2 + ((lane >> 3) & 1), CH));
+        mma16816<T>(sc[0], a, bq[0], bq[1]);
+        mma16816<T>(sc[1], a, bq[2], bq[3]);
+      }
+      // Mask by length/causality, then the row max over this warp's keys.
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = blk * kPage + wc * 16 + t * 8 + (lane & 3) * 2 + (e & 1);
+          const float x = key < lim[e >> 1] ? sc[t][e] * p.scale_log2 : -INFINITY;
+          sc[t][e] = x;
+          mx[e >> 1] = fmaxf(mx[e >> 1], x);
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        mx[e] = fmaxf(mx[e], __shfl_xor_sync(0xffffffff, mx[e], 1));
+        mx[e] = fmaxf(mx[e], __shfl_xor_sync(0xffffffff, mx[e], 2));
+        if ((lane & 3) == 0) red_max[wc * M + tr[e]] = mx[e];
+      }
+      row_group_sync(wr);
+      float alpha[2], m_use[2];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float mn = m[e];
+#pragma unroll
+        for (int c = 0; c < kColWarps; ++c) mn = fmaxf(mn, red_max[c * M + tr[e]]);
+        m_use[e] = mn == -INFINITY ? 0.f : mn;
+        alpha[e] = exp2f(m[e] - m_use[e]);
+        m[e] = mn;
+        l[e] *= alpha[e];
+      }
+      // Probabilities to bf16/fp16 in shared memory for the whole row group.
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+#pragma unroll
+        for (int e2 = 0; e2 < 2; ++e2) {
+          const float p0 = exp2f(sc[t][2 * e2] - m_use[e2]);
+          const float p1 = exp2f(sc[t][2 * e2 + 1] - m_use[e2]);
+          l[e2] += p0 + p1;
+          const int key = wc * 16 + t * 8 + (lane & 3) * 2;
+          *reinterpret_cast<uint32_t*>(p_s + swz(tr[e2], key >> 3, kPage / 8) + (key & 7)) = Pack<T>::two(p0, p1);
+        }
+      }
+#pragma unroll
+      for (int t = 0; t < TL::kNTiles; ++t) {
+        o[t][0] *= alpha[0];
+        o[t][1] *= alpha[0];
+        o[t][2] *= alpha[1];
+        o[t][3] *= alpha[1];
+      }
+      row_group_sync(wr);
+      // O += P V, V = first DV columns of the page.
+#pragma unroll 1
+      for (int kk = 0; kk < kPage / 16; ++kk) {
+        uint32_t a[4];
+        ldsm_x4(a, p_s + swz(wr * 16 + (lane & 15), kk * 2 + (lane >> 4), kPage / 8));
+#pragma unroll
+        for (int np = 0; np < TL::kNTiles / 2; ++np) {
+          uint32_t bv[4];
+          const int key = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+          const int chunk = (wc * TL::kColsPerWarp + np * 16) / 8 + (lane >> 4);
+          ldsm_x4_t(bv, kb + swz(key, chunk, CH));
+          mma16816<T>(o[2 * np], a, bv[0], bv[1]);
+          mma16816<T>(o[2 * np + 1], a, bv[2], bv[3]);
+        }
+      }
+    }
+    cp_async_wait<0>();
+
+    // Epilogue: total row sums across the 4 column warps, then out/lse or fp32 partials.
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      l[e] += __shfl_xor_sync(0xffffffff, l[e], 1);
+      l[e] += __shfl_xor_sync(0xffffffff, l[e], 2);
+      if ((lane & 3) == 0) red_sum[wc * M + tr[e]] = l[e];
+    }
+    __syncthreads();
+    const int n_split = p.num_splits[req + 1] - p.num_splits[req];
+    const int slot = p.num_splits[req] + split;
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float lt = 0.f;
+#pragma unroll
+      for (int c = 0; c < kColWarps; ++c) lt += red_sum[c * M + tr[e]];
+      const bool empty = !(lt > 0.f);
+      const float inv = empty ? 0.f : 1.f / lt;
+      const float lse_v = empty ? (n_split == 1 ? INFINITY : -INFINITY) : (m[e] + __log2f(lt)) * 0.69314718055994531f;
+      if (qrow[e] >= p.rows) continue;
+      const int i = qrow[e] / p.g, hq = h * p.g + qrow[e] % p.g;
+      const int col0 = wc * TL::kColsPerWarp + (lane & 3) * 2;
+      if (n_split == 1) {
+        T* dst = static_cast<T*>(p.out) + ((static_cast<int64_t>(req) * p.s_q + i) * p.h_q + hq) * DV + col0;
+#pragma unroll
+        for (int t = 0; t < TL::kNTiles; ++t)
+          *reinterpret_cast<uint32_t*>(dst + t * 8) = Pack<T>::two(o[t][2 * e] * inv, o[t][2 * e + 1] * inv);
+        if (wc == 0 && (lane & 3) == 0) p.lse[(static_cast<int64_t>(req) * p.h_q + hq) * p.s_q + i] = lse_v;
+      } else {
+        const int64_t row_id = (static_cast<int64_t>(slot) * p.h_kv + h) * p.rows + qrow[e];
+        float* dst = p.o_acc + row_id * DV + col0;
+#pragma unroll
+        for (int t = 0; t < TL::kNTiles; ++t)
+          *reinterpret_cast<float2*>(dst + t * 8) = make_float2(o[t][2 * e] * inv, o[t][2 * e + 1] * inv);
+        if (wc == 0 && (lane & 3) == 0) p.lse_acc[row_id] = lse_v;
+      }
+    }
+    __syncthreads();  // Q, P and the reductions are reused by the next request of this part
+  }
+}
+
+// Merge the fp32 partials of split requests: one warp per (request, kv head, row).
+template <typename T, int DV>
+__global__ void __launch_bounds__(128) mla_combine_kernel(const __grid_constant__ MlaParams p) {
+  const int req = blockIdx.x;
+  const int lane = threadIdx.x & 31;
+  const int gr = blockIdx.y * 4 + (threadIdx.x >> 5);
+  const int base = p.num_splits[req], n = p.num_splits[req + 1] - base;  // written before the decode grid
+  if (n <= 1 || gr >= p.h_kv * p.rows) return;
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  const int h = gr / p.rows, qrow = gr % p.rows;
+  auto row_id = [&](int s) { return (static_cast<int64_t>(base + s) * p.h_kv + h) * p.rows + qrow; };
+  float mx = -INFINITY;
+  for (int s = lane; s < n; s += 32) mx = fmaxf(mx, p.lse_acc[row_id(s)]);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
+  float sum = 0.f;
+  if (mx != -INFINITY)
+    for (int s = lane; s < n; s += 32) sum += __expf(p.lse_acc[row_id(s)] - mx);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
+  const bool empty = mx == -INFINITY;
+  const float lse = empty ? INFINITY : mx + __logf(sum);
+  const int i = qrow / p.g, hq = h * p.g + qrow % p.g;
+  T* dst = static_cast<T*>(p.out) + ((static_cast<int64_t>(req) * p.s_q + i) * p.h_q + hq) * DV;
+  for (int c = lane * 4; c < DV; c += 128) {
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (!empty) {
+      for (int s = 0; s < n; ++s) {
+        const float w = __expf(p.lse_acc[row_id(s)] - lse);
+        const float4 v = *reinterpret_cast<const float4*>(p.o_acc + row_id(s) * DV + c);
+        acc.x += w * v.x;
+        acc.y += w * v.y;
+        acc.z += w * v.z;
+        acc.w += w * v.w;
+      }
+    }
+    uint2 packed = make_uint2(Pack<T>::two(acc.x, acc.y), Pack<T>::two(acc.z, acc.w));
+    *reinterpret_cast<uint2*>(dst + c) = packed;
+  }
+  if (lane == 0) p.lse[(static_cast<int64_t>(req) * p.h_q + hq) * p.s_q + i] = lse;
+}
+
+template <typename T, int DV>
+void launch_combine(const MlaParams& p, cudaStream_t stream);
+
+template <typename T, int DQK, int DV, int R, int CTAS>
+void launch_decode(const MlaParams& p, cudaStream_t stream) {
+  using TL = Tile<DQK, DV, R, CTAS>;
+  auto kernel = mla_decode_kernel<T, DQK, DV, R, CTAS>;
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, TL::kSmem);
+  const int m_tiles = (p.rows + TL::M - 1) / TL::M;
+  dim3 grid(p.num_parts, p.h_kv, m_tiles);
+  kernel<<<grid, TL::kThreads, TL::kSmem, stream>>>(p);
+  launch_combine<T, DV>(p, stream);
+}
+
+// The combine kernel is launched as a programmatic dependent: its launch overlaps the decode kernel,
+// and griddepcontrol.wait holds it until the decode grid has finished and its writes are visible.
+template <typename T, int DV>
+void launch_combine(const MlaParams& p, cudaStream_t stream) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(p.b, (p.h_kv * p.rows + 3) / 4);
+  cfg.blockDim = dim3(128);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  cudaLaunchKernelEx(&cfg, mla_combine_kernel<T, DV>, p);
+}
+
+}  // namespace mlabatch
