@@ -52,3 +52,11 @@ def test_unknown_conf_name_lists_choices():
 def test_missing_conf_file(tmp_path):
     with pytest.raises(SettingsError, match="does not exist"):
         load_settings([str(tmp_path / "nope.yml")])
+
+
+def test_convert_section_is_validated():
+    assert load_settings([], ["convert.d_c=256", "convert.d_rope=64"]).convert.d_c == 256
+    with pytest.raises(SettingsError, match="convert.method"):
+        load_settings([], ["convert.method=magic"])
+    with pytest.raises(SettingsError, match="convert.d_c"):
+        load_settings([], ["convert.d_c=0"])
