@@ -1,10 +1,10 @@
 """Sentence embeddings, fast: the embedding engine behind `Embedder.embed(texts) -> float32 [n, d]`.
 
-A background thread does all host work: it tokenizes texts in slices (the Rust tokenizer releases
-the GIL), sorts each slice by length, cuts it into batches of at most `token_budget` real tokens and
-packs each batch into pinned tensors (no padding, see packed_encoder). The calling thread only
-copies batches to the device and runs them (fp16 on CUDA), pooling in fp32 into one result tensor
-that is copied back once at the end.
+Host work runs on two background threads: one tokenizes texts in slices (the Rust tokenizer releases
+the GIL), the other sorts each slice by length, cuts it into batches of at most `token_budget` real
+tokens and packs each batch into pinned tensors (no padding, see packed_encoder). The calling thread
+only copies batches to the device and runs them (fp16 on CUDA), pooling in fp32 into one result
+tensor that is copied back once at the end.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -66,6 +66,47 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+_DONE = object()
+
+
+def in_background(make_items: Callable[[], Iterable], depth: int) -> Iterator:
+    """Iterate `make_items()` produced on a daemon thread, at most `depth` items ahead.
+
+    The host stages (tokenizing, packing) each get a thread, so they overlap with each other and with
+    the device. An exception raised there is re-raised here; if the consumer stops early (or fails),
+    the thread stops too instead of waiting forever on a full queue.
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in make_items():
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the consuming thread
+            put(err)
+
+    threading.Thread(target=produce, daemon=True).start()
+    try:
+        while (item := items.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 @dataclass
@@ -171,36 +212,29 @@ class Embedder:
         counts = [0] * len(texts)
         truncated = [False] * len(texts)
         pooled = torch.zeros((len(texts), self.dim), dtype=torch.float32, device=self.device)
-        batches: queue.Queue = queue.Queue(maxsize=16)
-        producer = threading.Thread(target=self._produce, args=(texts, counts, truncated, batches), daemon=True)
-        producer.start()
+        self.tokenizer.enable_truncation(self.max_tokens)
+        slices = in_background(lambda: ((start, self.tokenizer.encode_batch(texts[start:start + self.slice_size]))
+                                        for start in range(0, len(texts), self.slice_size)), depth=2)
+        batches = in_background(lambda: self._pack(slices, counts, truncated), depth=16)
         with tqdm(total=len(texts), desc="embedding", unit="text", disable=not show_progress) as bar:
-            while (batch := batches.get()) is not None:
-                if isinstance(batch, BaseException):
-                    raise batch
+            for batch in batches:
                 rows, ids, layout = batch.to(self.device)
                 pooled[rows] = self._pool(self.encoder(ids, layout), layout)
                 bar.update(len(batch.rows))
-        producer.join()
         return EmbedResult(pooled.cpu().numpy(), counts, truncated)
 
-    def _produce(self, texts: list[str], counts: list[int], truncated: list[bool], out: queue.Queue) -> None:
-        """Host side: tokenize, sort, batch and pack; ends with None (or the exception it hit)."""
-        try:
-            self.tokenizer.enable_truncation(self.max_tokens)
-            pin = self.device.type == "cuda"
-            for start in range(0, len(texts), self.slice_size):
-                encodings = self.tokenizer.encode_batch(texts[start:start + self.slice_size])
-                ids = [e.ids for e in encodings]
-                lengths = [len(x) for x in ids]
-                for i, e in enumerate(encodings):
-                    counts[start + i] = lengths[i]
-                    truncated[start + i] = bool(e.overflowing)
-                for rows in plan_batches(lengths, self.token_budget):
-                    out.put(HostBatch.pack([ids[i] for i in rows], [start + i for i in rows], pin))
-            out.put(None)
-        except BaseException as err:  # noqa: BLE001 - handed to the consuming thread, which raises it
-            out.put(err)
+    def _pack(self, slices: Iterator[tuple[int, list]], counts: list[int],
+              truncated: list[bool]) -> Iterator[HostBatch]:
+        """Tokenized slices -> length-sorted, token-budgeted, packed host batches; records counts."""
+        pin = self.device.type == "cuda"
+        for start, encodings in slices:
+            ids = [e.ids for e in encodings]
+            lengths = [len(x) for x in ids]
+            for i, e in enumerate(encodings):
+                counts[start + i] = lengths[i]
+                truncated[start + i] = bool(e.overflowing)
+            for rows in plan_batches(lengths, self.token_budget):
+                yield HostBatch.pack([ids[i] for i in rows], [start + i for i in rows], pin)
 
     def _pool(self, hidden: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
         """[b, d] float32: mean over each sequence's tokens, or its first ([CLS]) token."""

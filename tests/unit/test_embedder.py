@@ -82,3 +82,25 @@ def test_document_pooling_weights_windows_by_tokens(embedder):
     manual /= np.linalg.norm(manual)
     assert len(windows) > 1 and float(manual @ result.embeddings[1]) >= 0.99999
     assert result.token_counts[1] == sum(parts.token_counts) and result.truncated == [False, False]
+
+
+def test_a_failure_on_the_host_threads_reaches_the_caller(minilm_dir):
+    from mlabatch.models.loading import load_model
+
+    model = load_model(minilm_dir, "cpu")
+    with pytest.raises(TypeError):
+        model.embed(["fine", 42])  # the tokenizer thread raises; the caller sees it, nothing hangs
+
+
+def test_background_stage_stops_when_its_consumer_does():
+    import threading
+    import time
+
+    from mlabatch.models.embedder import in_background
+
+    before = threading.active_count()
+    items = in_background(lambda: iter(range(10_000)), depth=2)
+    assert next(items) == 0
+    items.close()  # the consumer gives up early
+    time.sleep(0.5)
+    assert threading.active_count() == before
