@@ -1,10 +1,12 @@
-// Split-KV MLA decode kernel (sm_90a, mma.sync + cp.async) and the log-sum-exp combine kernel.
+// Split-KV MLA decode kernel for tiles of up to 32 query rows (mma.sync + cp.async; all rows for d_v 192)
+// and the log-sum-exp combine kernel. 64-row tiles use mla_decode_wgmma.cuh.
 //
 // One CTA = (scheduler part, kv head, tile of M = 16*R query rows). The part's 64-token pages stream
-// through a multi-stage cp.async ring in swizzled shared memory. Warps form an R x 4 grid: warp (r, c)
-// computes S for rows 16r.. and keys 16c.. of each page, the 4 warps of a row group exchange row maxima
-// and bf16 probabilities through shared memory, and warp (r, c) accumulates output columns
-// [c*DV/4, (c+1)*DV/4) for its rows in fp32 registers (online softmax, exp2 domain).
+// through a multi-stage cp.async ring in shared memory (64-column slabs, XOR-swizzled rows). Warps form
+// an R x 4 grid: warp (r, c) computes S for rows 16r.. and keys 16c.. of each page, the 4 warps of a
+// row group exchange row maxima and bf16 probabilities through shared memory, and warp (r, c)
+// accumulates output columns [c*DV/4, (c+1)*DV/4) for its rows in fp32 registers (online softmax,
+// exp2 domain).
 // A request decoded by one part writes out/lse directly; pieces of a split request write fp32 partials
 // that mla_combine_kernel merges (launched as a programmatic dependent so its launch overlaps). Tiles of
 // <= 16 rows with d_qk <= 384 run two CTAs per SM when the schedule has twice as many parts as SMs.
@@ -87,10 +89,11 @@ __device__ __forceinline__ void row_group_sync(int r) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(r + 1), "r"(kColWarps * 32));
 }
 
-// Element offset of (row, 16-byte chunk) in a row-major tile of `chunks` chunks per row, XOR-swizzled
-// so that 8 consecutive rows at one chunk hit 8 different bank groups (ldmatrix without conflicts).
-__device__ __forceinline__ int swz(int row, int chunk, int chunks) {
-  return row * chunks * 8 + ((chunk ^ (row & 7)) << 3);
+// Element offset of (row, 16-byte chunk) in a tile of `rows` rows stored as 64-column slabs (128-byte
+// rows), chunks XOR-swizzled by row so that 8 consecutive rows at one chunk hit 8 different bank groups
+// (ldmatrix without conflicts), and loaders index with shifts only.
+__device__ __forceinline__ int slab_off(int row, int chunk, int rows) {
+  return (chunk >> 3) * rows * 64 + row * 64 + (((chunk & 7) ^ (row & 7)) << 3);
 }
 
 // CTAS = CTAs resident per SM: 2 halves the shared-memory ring so that one CTA's request
@@ -150,23 +153,30 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
     const int* bt = p.block_table + static_cast<int64_t>(req) * p.bt_stride;
 
     // Q tile: rows ordered (query i, head j of the group); rows past `rows` are zero.
-    for (int idx = tid; idx < M * CH; idx += NT) {
-      const int row = idx / CH, ch = idx % CH, qr = mt * M + row;
+    // Thread tid copies chunk (tid & 7) of every 64-column slab for row (tid >> 3) (+ NT/8 per pass).
+    const int lch = tid & 7, lrow = tid >> 3;
+    {
+      const int row = lrow, qr = mt * M + row;  // NT / 8 == M: one pass
       const bool ok = qr < p.rows;
       const int i = ok ? qr / p.g : 0, j = ok ? qr % p.g : 0;
-      const T* src = qg + req * p.q_bs + i * p.q_ss + (h * p.g + j) * p.q_hs + ch * 8;
-      cp_async16(q_s + swz(row, ch, CH), src, ok ? 16 : 0);
+      const T* src = qg + req * p.q_bs + i * p.q_ss + (h * p.g + j) * p.q_hs + lch * 8;
+      T* d = q_s + slab_off(row, lch, M);
+#pragma unroll
+      for (int sl = 0; sl < CH / 8; ++sl) cp_async16(d + sl * M * 64, src + sl * 64, ok ? 16 : 0);
     }
     auto load_page = [&](int stage, int blk) {
       const int page = bt[blk];
       const int valid = min(kPage, len - blk * kPage);
       const T* base = kg + static_cast<int64_t>(page) * p.k_bs + h * p.k_hs;
       T* dst = k_s + stage * (kPage * DQK);
-#pragma unroll 4
-      for (int idx = tid; idx < kPage * CH; idx += NT) {
-        const int row = idx / CH, ch = idx % CH;
+#pragma unroll
+      for (int pass = 0; pass < kPage / (NT / 8); ++pass) {
+        const int row = lrow + pass * (NT / 8);
         const bool ok = row < valid;
-        cp_async16(dst + swz(row, ch, CH), base + (ok ? row : 0) * p.k_rs + ch * 8, ok ? 16 : 0);
+        const T* src = base + (ok ? row : 0) * p.k_rs + lch * 8;
+        T* d = dst + slab_off(row, lch, kPage);
+#pragma unroll
+        for (int sl = 0; sl < CH / 8; ++sl) cp_async16(d + sl * kPage * 64, src + sl * 64, ok ? 16 : 0);
       }
     };
     if (n > 0) load_page(0, first);
@@ -201,8 +211,8 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
 #pragma unroll 4
       for (int ks = 0; ks < DQK / 16; ++ks) {
         uint32_t a[4], bq[4];
-        ldsm_x4(a, q_s + swz(wr * 16 + (lane & 15), ks * 2 + (lane >> 4), CH));
-        ldsm_x4(bq, kb + swz(wc * 16 + (lane & 7) + ((lane >> 4) << 3), ks * 2 + ((lane >> 3) & 1), CH));
+        ldsm_x4(a, q_s + slab_off(wr * 16 + (lane & 15), ks * 2 + (lane >> 4), M));
+        ldsm_x4(bq, kb + slab_off(wc * 16 + (lane & 7) + ((lane >> 4) << 3), ks * 2 + ((lane >> 3) & 1), kPage));
         mma16816<T>(sc[0], a, bq[0], bq[1]);
         mma16816<T>(sc[1], a, bq[2], bq[3]);
       }
@@ -245,28 +255,30 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
           const float p1 = exp2f(sc[t][2 * e2 + 1] - m_use[e2]);
           l[e2] += p0 + p1;
           const int key = wc * 16 + t * 8 + (lane & 3) * 2;
-          *reinterpret_cast<uint32_t*>(p_s + swz(tr[e2], key >> 3, kPage / 8) + (key & 7)) = Pack<T>::two(p0, p1);
+          *reinterpret_cast<uint32_t*>(p_s + slab_off(tr[e2], key >> 3, M) + (key & 7)) = Pack<T>::two(p0, p1);
         }
       }
+      if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) {  // skip when no row max moved
 #pragma unroll
-      for (int t = 0; t < TL::kNTiles; ++t) {
-        o[t][0] *= alpha[0];
-        o[t][1] *= alpha[0];
-        o[t][2] *= alpha[1];
-        o[t][3] *= alpha[1];
+        for (int t = 0; t < TL::kNTiles; ++t) {
+          o[t][0] *= alpha[0];
+          o[t][1] *= alpha[0];
+          o[t][2] *= alpha[1];
+          o[t][3] *= alpha[1];
+        }
       }
       row_group_sync(wr);
       // O += P V, V = first DV columns of the page.
 #pragma unroll 1
       for (int kk = 0; kk < kPage / 16; ++kk) {
         uint32_t a[4];
-        ldsm_x4(a, p_s + swz(wr * 16 + (lane & 15), kk * 2 + (lane >> 4), kPage / 8));
+        ldsm_x4(a, p_s + slab_off(wr * 16 + (lane & 15), kk * 2 + (lane >> 4), M));
 #pragma unroll
         for (int np = 0; np < TL::kNTiles / 2; ++np) {
           uint32_t bv[4];
           const int key = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
           const int chunk = (wc * TL::kColsPerWarp + np * 16) / 8 + (lane >> 4);
-          ldsm_x4_t(bv, kb + swz(key, chunk, CH));
+          ldsm_x4_t(bv, kb + slab_off(key, chunk, kPage));
           mma16816<T>(o[2 * np], a, bv[0], bv[1]);
           mma16816<T>(o[2 * np + 1], a, bv[2], bv[3]);
         }

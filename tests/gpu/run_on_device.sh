@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call: JIT-build the extension, run the GPU tests, compute-sanitizer memcheck, benchmark, ncu.
-# Usage (repo root, on the GPU machine): tests/gpu/run_on_device.sh [build] [test] [memcheck] [bench] [ncu]
+# Usage (repo root, on the GPU machine):
+#   tests/gpu/run_on_device.sh [build] [test] [memcheck] [bench] [wheel] [sass] [ncu] [ncuwg]
 # Logs and results go to $OUT (default ./.device_out). mlabatch is imported from this checkout through a shim.
 set -uo pipefail
 OUT=${OUT:-$PWD/.device_out}
