@@ -116,7 +116,8 @@ class MLADecoder(nn.Module):
         slots = (torch.cat([s[0] for s in slots]), torch.cat([s[1] for s in slots]))
         block_table, seqlens = cache.block_table(seqs), cache.seqlens(seqs)
         n_heads = self.mla["n_heads"]
-        meta, splits = get_mla_metadata(seqlens, n_heads, 1)
+        row = cache.kv[0].shape[-1]  # d_c + d_rope: narrow rows get the two-CTAs-per-SM schedule
+        meta, splits = get_mla_metadata(seqlens, n_heads, 1, head_dim_qk=row)
         x = self.embed_tokens(tokens.to(device))[:, None]
         rope = self._rope(positions[:, None].to(device))
         for i, layer in enumerate(self.layers):
