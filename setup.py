@@ -1,7 +1,7 @@
 """Build hook: pyproject.toml holds the metadata; the CUDA extension is added here when it can be built.
 
 `pip install --no-build-isolation .` with a CUDA-enabled torch and nvcc compiles `mlabatch.kernels._C`
-(sm_90a; see kernels/BUILD.md). Anywhere else, or with MLABATCH_BUILD_CUDA=0, the package is pure Python
+(sm_90a; see the README, "The MLA decode kernel"). Anywhere else, or with MLABATCH_BUILD_CUDA=0, the package is pure Python
 and the kernels are JIT-built on first use on a Hopper GPU, or the torch backend is used.
 """
 
