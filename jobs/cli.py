@@ -1,4 +1,4 @@
-"""The `mlabatch` command line: demo, embed, convert, models prepare."""
+"""The `mlabatch` command line: demo, embed, convert, models prepare, kernels build, run."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +22,7 @@ examples:
   mlabatch embed --set source.table=data/my_docs --set source.text_column=body
   mlabatch embed --conf my_settings.yml
   mlabatch convert --set convert.d_c=256           all-MiniLM-L6-v2 -> MLA, report, register
+  mlabatch run embed_documents --target dev --param source_table=main.docs.pages
   mlabatch convert --set convert.source=smollm2 --set convert.d_c=256 --set convert.d_rope=64 \
                    --set convert.output_dir=data/models/smollm2-mla --set convert.name=smollm2-mla
 """
@@ -46,18 +47,55 @@ def _parser() -> argparse.ArgumentParser:
     models_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     models_commands.add_parser("prepare", parents=[common],
                                help="register the bundled all-MiniLM-L6-v2 as model.name@model.alias")
+    kernels = commands.add_parser("kernels", help="the MLA decode kernel")
+    kernels_commands = kernels.add_subparsers(dest="kernels_command", required=True, metavar="ACTION")
+    kernels_commands.add_parser("build", help="compile or load the CUDA kernel now; print the active backend")
+    run = commands.add_parser("run", help="start a deployed Databricks job and follow it to the end")
+    run.add_argument("job", help="bundle job key: convert_model, embed_documents, generate_text")
+    run.add_argument("--target", default="dev", help="bundle target it was deployed to (default: dev)")
+    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="job parameter, e.g. --param source_table=main.docs.pages (repeatable)")
+    run.add_argument("--profile", default=None, help="~/.databrickscfg profile (default: standard auth)")
+    run.add_argument("--timeout", type=float, default=4 * 3600, help="seconds to follow the run (default 4 h)")
     return parser
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """`mlabatch run`: no settings needed, only Databricks auth."""
+    from mlabatch.jobs.run import RunError, run_job, workspace_client
+
+    params = {}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            print(f"mlabatch: --param {item!r}: write NAME=VALUE", file=sys.stderr)
+            return 2
+        params[name] = value
+    try:
+        result = run_job(workspace_client(args.profile), args.job, args.target, params, timeout_s=args.timeout)
+    except RunError as err:
+        print(f"mlabatch: {err}", file=sys.stderr)
+        return 1
+    print(f"run {result.run_id} {result.result_state}: {result.url}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mlabatch` script; returns the process exit code."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="mlabatch: %(message)s", stream=sys.stderr)
     for noisy in ("mlflow", "py4j", "alembic", "urllib3", "httpx", "transformers"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from local directories or MLflow
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if args.command == "run":
+        return _run_command(args)
+    if args.command == "kernels":
+        from mlabatch.jobs.kernels_cmd import build_kernels, report
+
+        print(report(build_kernels()))
+        return 0
     try:
         settings = load_settings(args.conf, args.overrides)
         if args.command == "demo":

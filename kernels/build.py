@@ -44,6 +44,22 @@ def cache_dir() -> Path:
     return Path(root) / key
 
 
+JIT_NAME = "mlabatch_kernels_jit"
+
+
+def _load_cached() -> ModuleType | None:
+    """Import a module an earlier JIT build left in cache_dir(), without ninja or nvcc (e.g. from a volume)."""
+    import importlib.util
+
+    built = cache_dir() / f"{JIT_NAME}.so"
+    if not built.exists():
+        return None
+    spec = importlib.util.spec_from_file_location(JIT_NAME, built)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _jit() -> ModuleType:
     """Compile the extension with torch.utils.cpp_extension.load into cache_dir() and import it."""
     from torch.utils.cpp_extension import load
@@ -52,7 +68,7 @@ def _jit() -> ModuleType:
     build_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0a")
     return load(
-        name="mlabatch_kernels_jit",
+        name=JIT_NAME,
         sources=[str(p) for p in sources()],
         extra_cflags=CXX_FLAGS,
         extra_cuda_cflags=NVCC_FLAGS,
@@ -82,8 +98,16 @@ def _try_jit() -> tuple[ModuleType | None, str]:
         return None, "no CUDA-enabled torch or no visible GPU"
     if torch.cuda.get_device_capability() != (9, 0):
         return None, f"GPU is sm_{''.join(map(str, torch.cuda.get_device_capability()))}, kernel needs sm_90 (Hopper)"
+    try:
+        cached = _load_cached()
+        if cached is not None:
+            return cached, f"extension built earlier, loaded from {cache_dir()}"
+    except (ImportError, OSError) as exc:  # a corrupt or foreign build: rebuild below
+        cached_error = f"cached build unusable ({exc}); "
+    else:
+        cached_error = ""
     if os.environ.get("MLABATCH_JIT", "1") == "0":
-        return None, "no prebuilt extension and MLABATCH_JIT=0"
+        return None, cached_error + "no prebuilt extension and MLABATCH_JIT=0"
     try:
         return _jit(), f"JIT-built extension in {cache_dir()}"
     except Exception as exc:  # a failed build must fall back to torch, with the reason kept for info()
