@@ -1,8 +1,8 @@
 """The embedding pipeline: Delta source -> new or changed documents -> token windows -> UDF -> MERGE.
 
 Incremental and idempotent: a document is embedded again only when its (id, content hash, model
-version) is not yet in the target; results are merged on (id, chunk), and chunks left over from a
-shortened or deleted document are removed in the same MERGE.
+version, chunking) is not yet in the target; results are merged on (id, chunk), and chunks left over
+from a shortened or deleted document are removed in the same MERGE.
 """
 from __future__ import annotations
 
@@ -120,10 +120,14 @@ def embed_documents(spark: SparkSession, settings: Settings, model: ResolvedMode
     docs = one_row_per_id(src.filter(F.col("id").isNotNull())).cache()
     stats.duplicate_ids = docs.filter(F.col("doc_error").isNotNull()).count()
 
+    max_tokens = min(cfg.max_tokens, PoolingConfig.from_dir(model.local_dir).max_tokens)
+    chunking = f"{max_tokens}/{cfg.overlap_tokens}/{cfg.max_chunks_per_doc}/{cfg.long_documents}"
     target_exists = table_exists(spark, settings.target.table)
     if target_exists:
-        target = read_table(spark, settings.target.table).select("id", "chunk", "content_hash", "model_version").cache()
-        done = target.filter(F.col("model_version") == model.version).select("id", "content_hash").distinct()
+        target = (read_table(spark, settings.target.table)
+                  .select("id", "chunk", "content_hash", "model_version", "chunking").cache())
+        done = (target.filter((F.col("model_version") == model.version) & (F.col("chunking") == chunking))
+                .select("id", "content_hash").distinct())
         new_docs = docs.join(done, ["id", "content_hash"], "left_anti")
     else:
         new_docs = docs
@@ -132,7 +136,6 @@ def embed_documents(spark: SparkSession, settings: Settings, model: ResolvedMode
     stats.docs_skipped = docs.count() - stats.docs_new
     log.info("%d documents new or changed, %d unchanged (skipped)", stats.docs_new, stats.docs_skipped)
 
-    max_tokens = min(cfg.max_tokens, PoolingConfig.from_dir(model.local_dir).max_tokens)
     chunker = chunk_documents(worker_model_ref, max_tokens, cfg.overlap_tokens, cfg.max_chunks_per_doc)
     partitions = max(cfg.partitions_per_worker * parallel_slots(spark), 1)
     chunks = (new_docs.mapInPandas(chunker, CHUNK_SCHEMA)
@@ -140,7 +143,8 @@ def embed_documents(spark: SparkSession, settings: Settings, model: ResolvedMode
               .sortWithinPartitions("n_tokens"))
     embed = embed_column or embed_udf(worker_model_ref, token_budget=cfg.token_budget, device=cfg.device)
     result = chunks.withColumn("r", embed(F.col("chunk_text"))).select(
-        "id", "chunk", "content_hash", F.lit(model.version).alias("model_version"), "chunk_text",
+        "id", "chunk", "content_hash", F.lit(model.version).alias("model_version"),
+        F.lit(chunking).alias("chunking"), "chunk_text",
         F.col("r.token_count").alias("token_count"),
         (F.col("r.truncated") | F.col("doc_truncated")).alias("truncated"),
         F.col("r.embedding").alias("embedding"),

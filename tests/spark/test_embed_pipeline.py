@@ -55,6 +55,7 @@ def test_first_run_embeds_everything_and_flags_bad_rows(spark, make_settings, em
     run = mlflow.get_run(run_id)
     assert run.data.metrics["chunks_embedded"] == len(rows)
     assert run.data.params["model_version"].startswith("dir:")
+    assert {r["chunking"] for r in rows.values()} == {"128/16/64/chunks"}
 
 
 def test_rerun_is_a_no_op_and_an_edit_reembeds_only_that_document(spark, make_settings, documents, write_source):
@@ -84,6 +85,9 @@ def test_rerun_is_a_no_op_and_an_edit_reembeds_only_that_document(spark, make_se
             assert row["embedded_at"] == before[key]["embedded_at"]
             assert row["embedding"] == before[key]["embedding"]
     assert after[("doc-short", 0)]["embedded_at"] > before[("doc-short", 0)]["embedded_at"]
+
+    stats, _ = run_embed(make_settings("embed.overlap_tokens=8"))  # new chunking: everything again
+    assert stats.docs_new == len(docs) and stats.docs_skipped == 0
 
 
 def test_far_too_long_document_is_cut_and_flagged(spark, make_settings, documents, write_source):
