@@ -21,6 +21,7 @@ examples:
   mlabatch models prepare                         register the bundled MiniLM in local MLflow
   mlabatch embed --set source.table=data/my_docs --set source.text_column=body
   mlabatch embed --conf my_settings.yml
+  mlabatch generate --set generate.model_uri=data/models/smollm2-mla --set generate.source_table=data/prompts
   mlabatch convert --set convert.d_c=256           all-MiniLM-L6-v2 -> MLA, report, register
   mlabatch run embed_documents --target dev --param source_table=main.docs.pages
   mlabatch convert --set convert.source=smollm2 --set convert.d_c=256 --set convert.d_rope=64 \
@@ -41,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("demo", parents=[common], help="embed the sample documents table end to end")
     commands.add_parser("embed", parents=[common], help="embed new or changed documents of source.table")
+    commands.add_parser("generate", parents=[common],
+                        help="continue new or changed prompts of generate.source_table with an MLA decoder")
     commands.add_parser("convert", parents=[common],
                         help="convert a model to MLA (convert.* settings), report fidelity, register it")
     models = commands.add_parser("models", help="manage models in the MLflow registry")
@@ -107,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
 
             model, report = run_convert(settings)
             print(convert_summary(model, report, settings))
+        elif args.command == "generate":
+            from mlabatch.jobs.generate import run_generate, summary as generate_summary
+
+            stats, run_id = run_generate(settings)
+            print(generate_summary(stats, settings, run_id))
         elif args.command == "embed":
             from mlabatch.jobs.embed import run_embed, summary
 

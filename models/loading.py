@@ -133,3 +133,15 @@ def load_model(uri: str | Path, device: str | torch.device = "auto", token_budge
     target = pick_device(device)
     return Embedder(_load_encoder(model_dir, target), load_tokenizer(model_dir), PoolingConfig.from_dir(model_dir),
                     target, token_budget=token_budget)
+
+
+def load_generator(uri: str | Path, device: str | torch.device = "auto", config=None):
+    """Load a generation engine for an MLA-converted decoder (bf16 on GPU, float32 on CPU); `config` an EngineConfig."""
+    from mlabatch.models.generator import EngineConfig, Generator
+    from mlabatch.models.mla_decoder import load_mla_decoder
+
+    model_dir = Path(uri) if Path(uri).is_dir() else resolve_model(str(uri)).local_dir
+    target = pick_device(device)
+    dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+    return Generator(load_mla_decoder(model_dir, target, dtype), load_tokenizer(model_dir), model_dir,
+                     config or EngineConfig())

@@ -1,7 +1,8 @@
 """Runtime of MLA-converted Llama/Qwen2 decoders: prefill into a paged latent cache, then one-token decode steps.
 
-Prefill runs the non-absorbed form (SDPA, causal) per sequence and stores each layer's latent rows;
-`decode_step` runs the absorbed form, one `flash_mla_with_kvcache` call per layer for the whole batch.
+Prefill runs the non-absorbed form (SDPA, causal) on right-padded batches of prompts and stores each
+layer's latent rows; `decode_step` / `decode_batch` run the absorbed form, one `flash_mla_with_kvcache`
+call per layer for the whole batch.
 `forward` is the cache-free non-absorbed reference over whole sequences.
 """
 from __future__ import annotations
@@ -20,6 +21,20 @@ from mlabatch.models.mla_config import MLA_CONFIG_FILE
 from mlabatch.models.mla_encoder import mla_shape
 from mlabatch.models.paged_cache import PagedLatentCache
 from mlabatch.models.rope import rope_cos_sin
+
+
+PREFILL_PADDED_TOKENS = 16384  # padded tokens per prefill batch: bounds activation memory
+
+
+def _length_groups(lengths: list[int], budget: int) -> list[list[int]]:
+    """Indices grouped by ascending length so that each group's (size x longest) stays within `budget`."""
+    groups: list[list[int]] = []
+    for j in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if groups and (len(groups[-1]) + 1) * lengths[j] <= budget:
+            groups[-1].append(j)
+        else:
+            groups.append([j])
+    return groups
 
 
 class _MLP(nn.Module):
@@ -87,44 +102,70 @@ class MLADecoder(nn.Module):
 
     @torch.no_grad()
     def prefill(self, input_ids_list: list[list[int]], cache: PagedLatentCache) -> tuple[list[int], torch.Tensor]:
-        """Add each prompt to `cache`; returns (sequence ids, logits of each prompt's last token [b, vocab])."""
-        seqs, last = [], []
-        device = self.embed_tokens.weight.device
-        for ids in input_ids_list:
-            if not ids:
-                raise ValueError("prefill needs at least one token per prompt")
-            seq = cache.add()
-            slots = cache.append(seq, len(ids))
-            x = self.embed_tokens(torch.tensor(ids, device=device)[None])
-            rope = self._rope(torch.arange(len(ids), device=device)[None])
-            for i, layer in enumerate(self.layers):
-                h = layer.attn_norm(x)
-                rows = layer.attn.latent(h, rope)
-                cache.write(i, slots, rows[0])
-                x = x + layer.attn(h, rows, rope, causal=True)
-                x = x + layer.mlp(layer.mlp_norm(x))
-            seqs.append(seq)
-            last.append(self._logits(x[:, -1])[0])
+        """Add each prompt to `cache`; returns (sequence ids, logits of each prompt's last token [b, vocab]).
+
+        Prompts run in right-padded batches of similar length (at most PREFILL_PADDED_TOKENS padded
+        tokens each); with padding on the right, causal attention never lets a real token see a pad.
+        """
+        if any(not ids for ids in input_ids_list):
+            raise ValueError("prefill needs at least one token per prompt")
+        seqs = [cache.add() for _ in input_ids_list]
+        last: list[torch.Tensor | None] = [None] * len(seqs)
+        for group in _length_groups([len(ids) for ids in input_ids_list], PREFILL_PADDED_TOKENS):
+            logits = self._prefill_group([input_ids_list[j] for j in group], [seqs[j] for j in group], cache)
+            for row, j in enumerate(group):
+                last[j] = logits[row]
         return seqs, torch.stack(last)
+
+    def _prefill_group(self, prompts: list[list[int]], seqs: list[int], cache: PagedLatentCache) -> torch.Tensor:
+        """Prefill prompts as one right-padded batch; returns last-token logits [k, vocab]."""
+        device = self.embed_tokens.weight.device
+        lens = torch.tensor([len(p) for p in prompts])
+        width = int(lens.max())
+        ids = torch.zeros(len(prompts), width, dtype=torch.long)
+        for row, p in enumerate(prompts):
+            ids[row, : len(p)] = torch.tensor(p)
+        real = (torch.arange(width)[None] < lens[:, None]).to(device)
+        slots = [cache.append(s, len(p)) for s, p in zip(seqs, prompts)]
+        slots = (torch.cat([b for b, _ in slots]), torch.cat([o for _, o in slots]))
+        x = self.embed_tokens(ids.to(device))
+        rope = self._rope(torch.arange(width, device=device)[None])
+        for i, layer in enumerate(self.layers):
+            h = layer.attn_norm(x)
+            rows = layer.attn.latent(h, rope)
+            cache.write(i, slots, rows[real])
+            x = x + layer.attn(h, rows, rope, causal=True)
+            x = x + layer.mlp(layer.mlp_norm(x))
+        return self._logits(x[torch.arange(len(prompts), device=device), (lens - 1).to(device)])
 
     @torch.no_grad()
     def decode_step(self, seqs: list[int], tokens: torch.Tensor, cache: PagedLatentCache) -> torch.Tensor:
         """Append one token per sequence [b] and return next-token logits [b, vocab] (absorbed, paged)."""
-        device = self.embed_tokens.weight.device
         positions = cache.seqlens(seqs).long()
         slots = [cache.append(s, 1) for s in seqs]
         slots = (torch.cat([s[0] for s in slots]), torch.cat([s[1] for s in slots]))
-        block_table, seqlens = cache.block_table(seqs), cache.seqlens(seqs)
+        return self.decode_batch(tokens.to(positions.device), positions, slots, cache.block_table(seqs),
+                                 cache.seqlens(seqs), cache.kv)
+
+    @torch.no_grad()
+    def decode_batch(self, tokens: torch.Tensor, positions: torch.Tensor, slots: tuple[torch.Tensor, torch.Tensor],
+                     block_table: torch.Tensor, seqlens: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        """One decode step on device tensors only (no host sync, so CUDA graphs can capture it).
+
+        tokens [b] long; positions [b] long (the new token's position); slots (block ids, offsets) [b] long
+        where its latent row goes; block_table int32 [b, m] and seqlens int32 [b] (including the new
+        token); kv the cache tensor [layers, blocks, 64, 1, width]. Returns logits [b, vocab] float32.
+        """
         n_heads = self.mla["n_heads"]
-        row = cache.kv[0].shape[-1]  # d_c + d_rope: narrow rows get the two-CTAs-per-SM schedule
+        row = kv.shape[-1]  # d_c + d_rope: narrow rows get the two-CTAs-per-SM schedule
         meta, splits = get_mla_metadata(seqlens, n_heads, 1, head_dim_qk=row)
-        x = self.embed_tokens(tokens.to(device))[:, None]
-        rope = self._rope(positions[:, None].to(device))
+        x = self.embed_tokens(tokens)[:, None]
+        rope = self._rope(positions[:, None])
         for i, layer in enumerate(self.layers):
             h = layer.attn_norm(x)
-            cache.write(i, slots, layer.attn.latent(h, rope)[:, 0])
+            kv[i, slots[0], slots[1], 0] = layer.attn.latent(h, rope)[:, 0].to(kv.dtype)
             q = layer.attn.absorbed_queries(h, rope)
-            out, _ = flash_mla_with_kvcache(q, cache.kv[i], block_table, seqlens, self.mla["kernel_head_dim_v"],
+            out, _ = flash_mla_with_kvcache(q, kv[i], block_table, seqlens, self.mla["kernel_head_dim_v"],
                                             meta, splits, softmax_scale=layer.attn.scale, causal=False)
             x = x + layer.attn.absorbed_output(out)
             x = x + layer.mlp(layer.mlp_norm(x))

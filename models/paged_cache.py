@@ -39,15 +39,35 @@ class PagedLatentCache:
     def append(self, seq: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Reserve n more positions of `seq`; returns their (block ids, offsets) as long tensors [n]."""
         start = self._lengths[seq]
+        self.grow(seq, n)
+        pos = torch.arange(start, start + n)
+        table = torch.tensor(self._blocks[seq], dtype=torch.long)
+        return table[pos // BLOCK].to(self.kv.device), (pos % BLOCK).to(self.kv.device)
+
+    def grow(self, seq: int, n: int) -> list[int]:
+        """Reserve n more positions of `seq` without building tensors; returns the blocks newly taken."""
         blocks = self._blocks[seq]
-        need = -(-(start + n) // BLOCK) - len(blocks)
+        need = -(-(self._lengths[seq] + n) // BLOCK) - len(blocks)
         if need > len(self._free):
             raise CacheFullError(f"cache full: {need} more blocks of {BLOCK} tokens needed, {len(self._free)} free")
-        blocks.extend(self._free.pop() for _ in range(need))
-        self._lengths[seq] = start + n
-        pos = torch.arange(start, start + n)
-        table = torch.tensor(blocks, dtype=torch.long)
-        return table[pos // BLOCK].to(self.kv.device), (pos % BLOCK).to(self.kv.device)
+        new = [self._free.pop() for _ in range(need)]
+        blocks.extend(new)
+        self._lengths[seq] += n
+        return new
+
+    def blocks(self, seq: int) -> list[int]:
+        """Block ids of `seq` in position order."""
+        return self._blocks[seq]
+
+    @property
+    def num_blocks(self) -> int:
+        """Blocks in the pool."""
+        return self.kv.shape[1]
+
+    @property
+    def num_free(self) -> int:
+        """Blocks not held by any sequence."""
+        return len(self._free)
 
     def write(self, layer: int, slots: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor) -> None:
         """Store rows [n, width] of one layer at slots from `append`."""

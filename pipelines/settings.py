@@ -90,6 +90,45 @@ class ConvertSettings(_Section):
     alias: str = "champion"
 
 
+class GenerateSettings(_Section):
+    """`mlabatch generate`: a Delta table of prompts -> a Delta table of continuations (MLA decoder)."""
+
+    source_table: str = "data/tables/prompts"
+    target_table: str = "data/tables/generations"
+    id_column: str = "id"
+    prompt_column: str = "prompt"
+    model_uri: str = "data/models/smollm2-mla"  # a converted decoder: directory or models:/name@alias
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.0, ge=0)  # 0: greedy
+    top_k: int = Field(0, ge=0)  # 0: off
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int = Field(0, ge=0)  # with the prompt, fixes a sampled row's output (retries reproduce it)
+    stop: list[str] = []
+    ignore_eos: bool = False
+    chat_template: bool = False  # wrap each prompt as a user message in the model's chat template
+    max_batch: int = Field(256, ge=1)  # sequences decoded together
+    prefill_token_budget: int = Field(8192, ge=64)  # prompt tokens per prefill round
+    memory_fraction: float = Field(0.5, gt=0, lt=1)  # GPU: share of free memory for the KV cache
+    num_blocks: int | None = Field(None, ge=2)  # KV pool in 64-token blocks; null: memory_fraction (GPU) or 256 (CPU)
+    partitions_per_worker: int = Field(2, ge=1, le=64)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    _tables = field_validator("source_table", "target_table")(check_table_name)
+
+    @field_validator("id_column", "prompt_column")
+    @classmethod
+    def _column(cls, value: str) -> str:
+        if not _COLUMN.match(value):
+            raise ValueError(f"{value!r} is not a plain column name (letters, digits, underscore)")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_tables(self) -> "GenerateSettings":
+        if self.source_table == self.target_table:
+            raise ValueError("generate.source_table and generate.target_table are the same table; pick another target")
+        return self
+
+
 class MlflowSettings(_Section):
     tracking_uri: str
     registry_uri: str | None = None
@@ -112,6 +151,7 @@ class Settings(_Section):
     mlflow: MlflowSettings
     spark: SparkSettings = SparkSettings()
     convert: ConvertSettings = ConvertSettings()
+    generate: GenerateSettings = GenerateSettings()
 
     @model_validator(mode="after")
     def _distinct_tables(self) -> "Settings":

@@ -8,9 +8,11 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from mlabatch.models.embedder import Embedder
-from mlabatch.models.loading import load_model, load_tokenizer, resolve_model
+from mlabatch.models.generator import EngineConfig, Generator
+from mlabatch.models.loading import load_generator, load_model, load_tokenizer, resolve_model
 
 _MODELS: dict[tuple[str, str, int | None], Embedder] = {}
+_GENERATORS: dict[tuple[str, str, EngineConfig], Generator] = {}
 _LOCK = threading.Lock()
 
 
@@ -28,6 +30,15 @@ def get_embedder(model_ref: str, device: str, token_budget: int | None = None) -
         if key not in _MODELS:
             _MODELS[key] = load_model(local_model_dir(model_ref), device, token_budget)
         return _MODELS[key]
+
+
+def get_generator(model_ref: str, device: str, config: EngineConfig) -> Generator:
+    """The cached generation engine for (model, device, engine config); its KV pool is allocated once."""
+    key = (model_ref, device, config)
+    with _LOCK:
+        if key not in _GENERATORS:
+            _GENERATORS[key] = load_generator(local_model_dir(model_ref), device, config)
+        return _GENERATORS[key]
 
 
 @functools.lru_cache(maxsize=8)

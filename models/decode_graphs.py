@@ -1,0 +1,87 @@
+"""CUDA graphs of the decode step, captured lazily per batch-size bucket (1, 2, 4, ... max_batch).
+
+A batch of b rows replays the smallest bucket >= b; the padding rows write their latent row to a
+scratch block that no sequence owns and attend over it, so they never touch real cache rows. All
+buckets share one memory pool. If a capture fails the engine stays eager (`error` says why).
+"""
+from __future__ import annotations
+
+import torch
+
+from mlabatch.models.mla_decoder import MLADecoder
+
+
+def buckets(max_batch: int) -> list[int]:
+    """Powers of two below max_batch, then max_batch itself."""
+    out, b = [], 1
+    while b < max_batch:
+        out.append(b)
+        b *= 2
+    return out + [max_batch]
+
+
+class DecodeGraphs:
+    """Static input buffers and one captured graph per bucket for `MLADecoder.decode_batch`."""
+
+    def __init__(self, model: MLADecoder, kv: torch.Tensor, max_batch: int, table_width: int,
+                 scratch_block: int) -> None:
+        self.model, self.kv = model, kv
+        self.sizes = buckets(max_batch)
+        device = kv.device
+        self.step = torch.zeros(5, max_batch, dtype=torch.long, device=device)
+        self.table = torch.zeros(max_batch, table_width, dtype=torch.int32, device=device)
+        self.scratch = scratch_block
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.pool = None
+        self.error: str | None = None
+
+    def fits(self, batch: int) -> bool:
+        """Whether a graph can run this batch size."""
+        return self.error is None and batch <= self.sizes[-1]
+
+    def _pad(self, b: int, size: int) -> None:
+        """Padding rows: token 0 at position 0 into scratch offset 0, attending over that one row."""
+        self.step[:, b:size] = 0
+        self.step[2, b:size] = self.scratch
+        self.step[4, b:size] = 1
+        self.table[b:size] = self.scratch
+
+    def _capture(self, size: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        self._pad(0, size)
+        args = (self.step[0, :size], self.step[1, :size], (self.step[2, :size], self.step[3, :size]),
+                self.table[:size], self.step[4, :size].int(), self.kv)
+        stream = torch.cuda.Stream(self.kv.device)
+        stream.wait_stream(torch.cuda.current_stream(self.kv.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up: lazy kernel loads and autotuning happen outside the capture
+                self.model.decode_batch(*args)
+        torch.cuda.current_stream(self.kv.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        self.pool = self.pool or torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=self.pool):
+            seqlens = self.step[4, :size].int()
+            logits = self.model.decode_batch(self.step[0, :size], self.step[1, :size],
+                                             (self.step[2, :size], self.step[3, :size]), self.table[:size],
+                                             seqlens, self.kv)
+        return graph, logits
+
+    def run(self, step: torch.Tensor, table: torch.Tensor) -> torch.Tensor | None:
+        """Logits [b, vocab] for one decode step, or None if capture failed (then run eagerly).
+
+        `step` is long [5, b]: tokens, positions, slot blocks, slot offsets, seqlens; `table` int32 [b, width].
+        """
+        b = step.shape[1]
+        size = next(s for s in self.sizes if s >= b)
+        if size not in self.graphs:
+            try:
+                self.graphs[size] = self._capture(size)
+            except RuntimeError as err:
+                self.error = f"CUDA graph capture failed at batch {size}: {err}"
+                return None
+        self.step[:, :b] = step
+        self.table[:b, : table.shape[1]] = table
+        self.table[:b, table.shape[1]:] = 0
+        self._pad(b, size)
+        graph, logits = self.graphs[size]
+        graph.replay()
+        return logits[:b]
