@@ -9,7 +9,7 @@ import numpy as np
 
 from mlabatch.models.chunking import split_text
 from mlabatch.models.embedder import pool_windows
-from mlabatch.udfs.embed import input_error
+from mlabatch.udfs.inputs import input_error
 from mlabatch.udfs.model_cache import get_tokenizer
 
 # Input columns: id, text, content_hash, doc_error (a reason the whole document is rejected, or null).

@@ -11,20 +11,10 @@ import pandas as pd
 
 from mlabatch.models.embedder import Embedder
 from mlabatch.udfs.devices import limit_cpu_threads, task_device
+from mlabatch.udfs.inputs import input_error
 from mlabatch.udfs.model_cache import get_embedder
 
 EMBED_RESULT_TYPE = "embedding array<float>, token_count int, truncated boolean, error string"
-
-
-def input_error(value: object) -> str | None:
-    """Why a value cannot be embedded, or None when it can."""
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return "text is null"
-    if not isinstance(value, str):
-        return f"text is a {type(value).__name__}, not a string"
-    if not value.strip():
-        return "text is empty or whitespace"
-    return None
 
 
 def embed_series(texts: pd.Series, model_ref: str, device: str, token_budget: int | None = None) -> pd.DataFrame:

@@ -13,28 +13,18 @@ import pandas as pd
 from mlabatch.models.generator import EngineConfig, Generator, Output
 from mlabatch.models.sampling import SamplingParams
 from mlabatch.udfs.devices import limit_cpu_threads, task_device
+from mlabatch.udfs.inputs import input_error
 from mlabatch.udfs.model_cache import get_generator
 
 GENERATE_RESULT_TYPE = ("text string, prompt_tokens int, generated_tokens int, finish_reason string, "
                         "truncated boolean, error string")
 
 
-def prompt_error(value: object) -> str | None:
-    """Why a value cannot be a prompt, or None when it can."""
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return "prompt is null"
-    if not isinstance(value, str):
-        return f"prompt is a {type(value).__name__}, not a string"
-    if not value.strip():
-        return "prompt is empty or whitespace"
-    return None
-
-
 def generate_series(prompts: pd.Series, model_ref: str, device: str, sampling: SamplingParams,
                     engine: EngineConfig = EngineConfig()) -> pd.DataFrame:
     """Continue one batch of prompts; rows that cannot be continued get an error instead of text."""
     generator = get_generator(model_ref, device, engine)
-    errors = [prompt_error(v) for v in prompts]
+    errors = [input_error(v, "prompt") for v in prompts]
     done = _generate_rows(generator, prompts, [i for i, e in enumerate(errors) if e is None], sampling, errors)
     rows = [done.get(i) for i in range(len(prompts))]
     return pd.DataFrame({
