@@ -1,14 +1,20 @@
 """Convert a Hugging Face model directory (BERT, Llama, Qwen2) to MLA: `convert(hf_dir, config, out_dir)`.
 
-Per layer, keys are rotated per frequency (RoRoPE) into d_rope RoPE'd dims and the rest, which with the
-values are compressed into the latent c: `[K_nope / alpha ; V] ~= U c`, U the top d_c eigenvectors of
-`A M A^T` (A the stacked weights, M = E[x x^T] from calibration for "pca", the identity for "svd" and
-"exact"). Biases: b_q stays in the query, b_k is dropped where no RoPE touches it, b_v goes to the output
+Per layer, keys are rotated per frequency (RoRoPE) into d_rope RoPE'd dims and the rest; the RoPE slots
+go to the key mixes that lose most without RoPE, the same frequencies in every layer (fast frequencies may
+take several slots, slow ones none: `rope.rope_slots`; the slots' frequencies are saved as
+`rope_inv_freq`). The no-RoPE keys and the values are compressed into the latent c: `[K_nope ; V] ~= B c`,
+`c = C x`, the rank-d_c map minimizing `E||W ([K_nope ; V] - B C x)||^2`. For "pca", W^2 is the
+covariance-aware metric of `_error_weights` (errors counted as attention-output error, after CARE) with x
+statistics from calibration, and encoders calibrate sequentially (each layer fitted on the input that the
+converted layers before it produce, against the source's K and V); "svd" and "exact" use W = I and
+E[x x^T] = I. Biases: b_q stays in the query, b_k is dropped where no RoPE touches it, b_v goes to the output
 bias. The output directory holds `model.safetensors`, `mla_config.json`, the source's `config.json`,
 tokenizer and sentence-transformers files.
 """
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -19,12 +25,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from mlabatch.models.calibration import (LayerStats, cache_key, calibration_texts, collect_stats, load_stats,
-                                         save_stats)
+from mlabatch.models.calibration import (LayerStats, cache_key, calibration_texts, collect_fed_stats, collect_stats,
+                                         load_stats, save_stats)
 from mlabatch.models.mla_config import (KERNEL_D_ROPE, KERNEL_D_V, MLA_CONFIG_FILE, ConversionError, MLAConfig,
                                         kernel_dims)
 from mlabatch.models.linalg import eigh_descending
-from mlabatch.models.rope import rorope_rotation
+from mlabatch.models.rope import rope_slots, rorope_mixes, rorope_rotation
 
 
 @dataclass(frozen=True)
@@ -147,21 +153,71 @@ def _attention_weights(state: dict[str, torch.Tensor], arch: _Arch, i: int) -> d
     return out
 
 
+def _sqrt_and_inv(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric square root of a PSD matrix and its inverse (eigenvalues floored at 1e-8 of the largest)."""
+    vals, vecs = eigh_descending(g)
+    vals = vals.clamp(min=vals[0].item() * 1e-8)
+    return (vecs * vals.sqrt()) @ vecs.T, (vecs / vals.sqrt()) @ vecs.T
+
+
+def _error_weights(p: dict[str, torch.Tensor], shape: SourceShape, rot_nope: torch.Tensor,
+                   stats: LayerStats) -> torch.Tensor:
+    """Metric G on [K_nope ; V] errors so that e^T G e approximates the attention output error (CARE-style).
+
+    Values: head h reads V of its KV group g through W_O^h, so G_v[g] = sum_h W_O^h^T W_O^h. Keys: an error e
+    moves head h's score by q_h . e / sqrt(hd); to first order the output moves by that times the spread
+    of W_O^h V, so G_k = sum_h R_g E[q_h q_h^T] R_g^T * E||W_O^h (V - E V)||^2 / hd (R_g: the no-RoPE rows
+    of the key rotation for group g). This weights keys against values without a free balance factor.
+    """
+    hd, nkv, nh, d = shape.head_dim, shape.n_kv_heads, shape.n_heads, shape.d_model
+    group = nh // nkv
+    m, mean = stats.second_moment, stats.mean
+    cov = m - torch.outer(mean, mean)
+    wq, bq = p["wq"].view(nh, hd, d), p["bq"].view(nh, hd)
+    wo, wv = p["wo"].view(d, nh, hd), p["wv"].view(nkv, hd, d)
+    g_k = torch.zeros(rot_nope.shape[0], rot_nope.shape[0], dtype=torch.float64)
+    g_v = torch.zeros(nkv * hd, nkv * hd, dtype=torch.float64)
+    for h in range(nh):
+        g = h // group
+        q_mean = wq[h] @ mean
+        qq = wq[h] @ m @ wq[h].T + torch.outer(q_mean, bq[h]) + torch.outer(bq[h], q_mean) + torch.outer(bq[h], bq[h])
+        spread = torch.trace(wo[:, h] @ wv[g] @ cov @ wv[g].T @ wo[:, h].T)
+        r = rot_nope[:, g * hd:(g + 1) * hd]
+        g_k += r @ qq @ r.T * (spread / hd)
+        g_v[g * hd:(g + 1) * hd, g * hd:(g + 1) * hd] += wo[:, h].T @ wo[:, h]
+    return torch.block_diag(g_k, g_v)
+
+
+def _inputs(weighted: torch.Tensor, m: torch.Tensor, mean: torch.Tensor,
+            stats: LayerStats | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(beta, E[x'], Cov[beta x']): the weighted targets W A x as a linear map beta of the latent's input x'.
+
+    x' is the layer's own input x (beta = W A: weighted PCA) or, with sequential statistics, its input after
+    the converted layers before it; beta then regresses the source's W A x on x', so the fit also undoes
+    the drift of the earlier layers.
+    """
+    if stats is None or stats.fed is None:
+        return weighted, mean, weighted @ (m - torch.outer(mean, mean)) @ weighted.T
+    fed = stats.fed
+    fed_cov = fed.second_moment - torch.outer(fed.mean, fed.mean)
+    n = fed_cov.shape[0]
+    fed_cov = fed_cov + 1e-6 * torch.trace(fed_cov) / n * torch.eye(n, dtype=torch.float64)  # ridge for solve
+    beta = weighted @ torch.linalg.solve(fed_cov, (stats.cross - torch.outer(mean, fed.mean)).T).T
+    return beta, fed.mean, beta @ fed_cov @ beta.T
+
+
 def convert_attention(p: dict[str, torch.Tensor], shape: SourceShape, d_c: int, d_rope: int, method: str,
-                      stats: LayerStats | None) -> dict[str, torch.Tensor]:
-    """MLAAttention weights (float32) for one source layer's q/k/v/o weights and biases."""
+                      stats: LayerStats | None, rot: torch.Tensor) -> dict[str, torch.Tensor]:
+    """MLAAttention weights (float32) for one source layer's q/k/v/o weights and biases.
+
+    `rot` is the layer's key rotation from `_key_rotations` (its first d_rope rows stay RoPE'd).
+    """
     hd, nkv, nh = shape.head_dim, shape.n_kv_heads, shape.n_heads
     group = nh // nkv
     d = shape.d_model
     calibrated = method == "pca"
     m = stats.second_moment if calibrated else torch.eye(d, dtype=torch.float64)
     mean = stats.mean if calibrated else torch.zeros(d, dtype=torch.float64)
-    alpha = stats.k_abs / stats.v_abs if calibrated else 1.0
-    n_kv = nkv * hd
-    if shape.has_rope and d_rope < n_kv:
-        rot = rorope_rotation(p["wk"], m, nkv, hd)
-    else:
-        rot = torch.eye(n_kv, dtype=torch.float64)
     rot_rope, rot_nope = rot[:d_rope], rot[d_rope:]
     wq = p["wq"].view(nh, hd, d)
     bq = p["bq"].view(nh, hd)
@@ -173,21 +229,56 @@ def convert_attention(p: dict[str, torch.Tensor], shape: SourceShape, d_c: int, 
         out["k_rope.weight"] = rot_rope @ p["wk"]
         out["k_rope.bias"] = rot_rope @ p["bk"]
     n_nope = rot_nope.shape[0]
-    stacked = torch.cat([rot_nope @ p["wk"] / alpha, p["wv"]])  # [n_nope + n_kv, d]
-    # Centered PCA: the mean's residual is a constant key (dropped exactly) plus a constant value (a bias).
-    u = eigh_descending(stacked @ (m - torch.outer(mean, mean)) @ stacked.T)[1][:, :d_c]  # top principal directions
-    z_mean = stacked @ mean
-    v_offset = (z_mean - u @ (u.T @ z_mean))[n_nope:]
-    out["kv_down.weight"] = u.T @ stacked
-    out["v_up"] = u[n_nope:].reshape(nkv, hd, d_c)
+    stacked = torch.cat([rot_nope @ p["wk"], p["wv"]])  # [n_nope + n_kv, d]
+    if calibrated:
+        w, w_inv = _sqrt_and_inv(_error_weights(p, shape, rot_nope, stats))
+    else:
+        w = w_inv = torch.eye(stacked.shape[0], dtype=torch.float64)
+    # Weighted, centered reduced-rank fit: minimizes E||W (z - up down x')||^2, z = stacked x; the mean's
+    # residual is a constant key (dropped exactly) plus a constant value (a bias).
+    beta, in_mean, fit_cov = _inputs(w @ stacked, m, mean, stats if calibrated else None)
+    u = eigh_descending(fit_cov)[1][:, :d_c]
+    up, down = w_inv @ u, u.T @ beta
+    v_offset = (stacked @ mean - up @ (down @ in_mean))[n_nope:]
+    out["kv_down.weight"] = down
+    out["v_up"] = up[n_nope:].reshape(nkv, hd, d_c)
     if n_nope:
         out["q_nope.weight"], out["q_nope.bias"] = p["wq"], p["bq"]
-        u_k = alpha * u[:n_nope]
-        out["k_up"] = torch.stack([rot_nope[:, g * hd:(g + 1) * hd].T @ u_k for g in range(nkv)])
+        out["k_up"] = torch.stack([rot_nope[:, g * hd:(g + 1) * hd].T @ up[:n_nope] for g in range(nkv)])
     bv = (p["bv"] + v_offset).view(nkv, hd).repeat_interleave(group, dim=0).reshape(-1)
     out["o_proj.weight"] = p["wo"]
     out["o_proj.bias"] = p["bo"] + p["wo"] @ bv
     return {k: v.float().contiguous() for k, v in out.items()}
+
+
+def _key_rotations(sources: list[dict[str, torch.Tensor]], shape: SourceShape, d_rope: int,
+                   stats: list[LayerStats] | None, inv_freq: torch.Tensor | None,
+                   length: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """Per layer, the RoRoPE key rotation (RoPE'd rows first), and the RoPE slots' frequencies for all layers.
+
+    Keys stay as they are (identity) when every key keeps RoPE or the model has none.
+    """
+    hd, nkv = shape.head_dim, shape.n_kv_heads
+    if not shape.has_rope or d_rope == nkv * hd:
+        return [torch.eye(nkv * hd, dtype=torch.float64)] * len(sources), inv_freq
+    eye = torch.eye(shape.d_model, dtype=torch.float64)
+    mixes = [rorope_mixes(p["wk"], eye if stats is None else s.second_moment, nkv, hd)
+             for p, s in zip(sources, stats or [None] * len(sources))]
+    slots = rope_slots([e for e, _ in mixes], inv_freq, d_rope // hd, length)
+    return [rorope_rotation(m, slots, d_rope // hd, hd) for _, m in mixes], inv_freq[slots]
+
+
+@torch.no_grad()
+def _load_encoder_attention(model: torch.nn.Module, arch: _Arch, i: int, attn: dict[str, torch.Tensor]) -> None:
+    """Make layer i of a source BERT compute the converted attention (K = k_up C x, V = v_up C x, biases moved)."""
+    prefix = arch.layer.format(i=i)
+    k, v, o = (model.get_submodule(prefix + name) for name in (arch.k, arch.v, arch.o))
+    down = attn["kv_down.weight"]
+    k.weight.copy_(torch.cat(list(attn["k_up"] @ down)))
+    v.weight.copy_(torch.cat(list(attn["v_up"] @ down)))
+    k.bias.zero_()
+    v.bias.zero_()
+    o.bias.copy_(attn["o_proj.bias"])
 
 
 def _rename(state: dict[str, torch.Tensor], arch: _Arch, n_layers: int) -> dict[str, torch.Tensor]:
@@ -223,12 +314,8 @@ def _stats(model, tokenizer, shape: SourceShape, hf_dir: Path, config: MLAConfig
     if path is not None and path.exists():
         return load_stats(path)
     arch = ARCHITECTURES[shape.arch]
-    layers = []
-    for i in range(shape.n_layers):
-        prefix = arch.layer.format(i=i)
-        layers.append((model.get_submodule(prefix + arch.q), model.get_submodule(prefix + arch.k).weight,
-                       model.get_submodule(prefix + arch.v).weight))
-    stats = collect_stats(model, tokenizer, layers, config.calibration)
+    inputs = [model.get_submodule(arch.layer.format(i=i) + arch.q) for i in range(shape.n_layers)]
+    stats = collect_stats(model, tokenizer, inputs, config.calibration)
     if path is not None:
         save_stats(stats, path)
     return stats
@@ -258,9 +345,20 @@ def convert(hf_dir: str | Path, config: MLAConfig, out_dir: str | Path, stats_ca
     if arch.kind == "decoder" and "lm_head.weight" in state and model.config.tie_word_embeddings:
         del state["lm_head.weight"]
     weights = _rename(state, arch, shape.n_layers)
+    sources = [_attention_weights(state, arch, i) for i in range(shape.n_layers)]
+    inv_freq = model.model.rotary_emb.inv_freq.detach().double() if shape.has_rope else None
+    rots, inv_freq = _key_rotations(sources, shape, d_rope, stats, inv_freq, config.calibration.max_tokens)
+    # Encoders calibrate sequentially: their converted attention is a BERT attention with low-rank K/V weights.
+    fed = copy.deepcopy(model) if stats is not None and arch.kind == "encoder" else None
     for i in range(shape.n_layers):
-        attn = convert_attention(_attention_weights(state, arch, i), shape, d_c, d_rope, config.method,
-                                 None if stats is None else stats[i])
+        layer_stats = None if stats is None else stats[i]
+        if fed is not None:
+            q_name = arch.layer.format(i=i) + arch.q
+            layer_stats = collect_fed_stats(model, fed, tokenizer, model.get_submodule(q_name),
+                                            fed.get_submodule(q_name), config.calibration, layer_stats)
+        attn = convert_attention(sources[i], shape, d_c, d_rope, config.method, layer_stats, rots[i])
+        if fed is not None:
+            _load_encoder_attention(fed, arch, i, attn)
         weights.update({f"layers.{i}.attn.{k}": v for k, v in attn.items()})
     runtime = {"architecture": shape.arch, "kind": arch.kind, "d_c": d_c, "d_rope": d_rope,
                "n_heads": shape.n_heads, "n_kv_heads": shape.n_kv_heads, "head_dim": shape.head_dim,
@@ -268,7 +366,7 @@ def convert(hf_dir: str | Path, config: MLAConfig, out_dir: str | Path, stats_ca
                "kv_values_per_token_before": shape.kv_values_per_token, "kv_values_per_token_after": d_c + d_rope}
     if arch.kind == "decoder":
         rotary = model.model.rotary_emb
-        weights["rope_inv_freq"] = rotary.inv_freq.detach().float().clone()
+        weights["rope_inv_freq"] = inv_freq.float()
         runtime["rope_scaling"] = float(getattr(rotary, "attention_scaling", 1.0))
         runtime["tie_word_embeddings"] = bool(model.config.tie_word_embeddings)
         runtime["kernel_head_dim_v"], runtime["kernel_d_rope"] = kernel_dims(d_c, d_rope)

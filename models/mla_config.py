@@ -21,7 +21,10 @@ class ConversionError(ValueError):
 
 @dataclass(frozen=True)
 class CalibrationConfig:
-    """Which text calibrates PCA: `texts_file` (one text per line) or, if None, Python's bundled docs."""
+    """Which text calibrates PCA: `texts_file` (one text per line) or, if None, Python's bundled docs.
+
+    `max_tokens` also sets the context span that a RoPE model's RoPE slots are chosen for (`rope.rope_slots`).
+    """
 
     num_texts: int = 32
     max_tokens: int = 256

