@@ -1,33 +1,30 @@
 """The MLflow pyfunc of an MLA-converted decoder, logged as models-from-code.
 
-Input: a DataFrame with a `prompt` column; output: a `text` column of greedy continuations through
-the paged latent cache (param `max_new_tokens`, default 64). The batch generation engine with
-sampling and continuous batching serves decoders in jobs; this pyfunc is for registry checks and
-notebooks.
+Input: a DataFrame with a `prompt` column; output: a `text` column, continued by the generation
+engine (greedy unless params say otherwise: `max_new_tokens`, `temperature`, `top_k`, `top_p`, `seed`).
 """
 from __future__ import annotations
 
 import mlflow
 import pandas as pd
 
-from mlabatch.models.fidelity import greedy_mla
-from mlabatch.models.loading import MLFLOW_ARTIFACT, load_tokenizer
-from mlabatch.models.mla_decoder import load_mla_decoder
+from mlabatch.models.loading import MLFLOW_ARTIFACT, load_generator
+from mlabatch.models.sampling import SamplingParams
+
+PARAMS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
 
 
 class GeneratorModel(mlflow.pyfunc.PythonModel):
-    """Loads the converted decoder once; predict continues each prompt greedily."""
+    """Loads the converted decoder into a generation engine once; predict continues each prompt."""
 
     def load_context(self, context) -> None:
-        model_dir = context.artifacts[MLFLOW_ARTIFACT]
-        self.decoder = load_mla_decoder(model_dir)
-        self.tokenizer = load_tokenizer(model_dir)
+        self.generator = load_generator(context.artifacts[MLFLOW_ARTIFACT])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        max_new = int((params or {}).get("max_new_tokens", 64))
-        prompts = [self.tokenizer.encode(p).ids for p in model_input["prompt"].fillna("").astype(str)]
-        outputs = greedy_mla(self.decoder, prompts, max_new)
-        return pd.DataFrame({"text": [self.tokenizer.decode(ids) for ids in outputs]})
+        given = {k: v for k, v in (params or {}).items() if k in PARAMS and v is not None}
+        sampling = SamplingParams(**{"max_new_tokens": 64, **given})
+        prompts = model_input["prompt"].fillna("").astype(str).tolist()
+        return pd.DataFrame({"text": [o.text for o in self.generator.generate(prompts, sampling)]})
 
 
 mlflow.models.set_model(GeneratorModel())

@@ -35,7 +35,8 @@ def _pyfunc_for(model_dir: Path):
         from mlabatch.models import pyfunc_generator
 
         return (pyfunc_generator.__file__, pd.DataFrame({"prompt": ["Once upon a time"]}),
-                pd.DataFrame({"text": [" there was"]}), {"max_new_tokens": 64})
+                pd.DataFrame({"text": [" there was"]}),
+                {"max_new_tokens": 64, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0})
     from mlabatch.models import pyfunc_model
 
     return (pyfunc_model.__file__, pd.DataFrame({"text": ["an example document"]}),
