@@ -45,7 +45,8 @@ def summary(stats: RunStats, settings: Settings, run_id: str) -> str:
     query = (f"spark.table('{target}')" if on_databricks() else
              f"python -c \"from deltalake import DeltaTable; print(DeltaTable('{target}').to_pandas().head())\"")
     return "\n".join([
-        f"mlabatch embed: finished in {stats.seconds:.1f} s of embedding",
+        (f"mlabatch embed: finished in {stats.seconds:.1f} s of embedding" if stats.docs_new else
+         "mlabatch embed: nothing new or changed to embed"),
         f"  rows read            {stats.rows_read:,} ({stats.rows_without_id} without id, "
         f"{stats.duplicate_ids} duplicated ids)",
         f"  documents embedded   {stats.docs_new:,}   unchanged (skipped) {stats.docs_skipped:,}   "
