@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import StringType
 
 from mlabatch.models.embedder import PoolingConfig
 from mlabatch.models.loading import ResolvedModel
 from mlabatch.pipelines.settings import Settings
+from mlabatch.pipelines.sources import load_texts, one_row_per_id, parallel_slots
 from mlabatch.pipelines.tables import merge_into, read_table, table_exists
 from mlabatch.udfs.chunk import CHUNK_SCHEMA, chunk_documents, pool_document_chunks
 from mlabatch.udfs.embed import embed_udf
@@ -25,12 +25,6 @@ log = logging.getLogger(__name__)
 
 KEYS = ["id", "chunk"]
 DELETE = "_delete"
-NULL_TEXT_HASH = "\u0000null"  # hashed in place of a null text, so null and "" differ
-
-
-class SourceSchemaError(ValueError):
-    """The source table lacks a configured column or has the wrong type; the message names the fix."""
-
 
 @dataclass
 class RunStats:
@@ -58,52 +52,6 @@ class RunStats:
         return {**{k: float(v) for k, v in asdict(self).items()}, "docs_per_s": self.docs_per_s}
 
 
-def load_source(spark: SparkSession, settings: Settings) -> DataFrame:
-    """Source rows as (id, text, content_hash), with the configured columns checked first."""
-    src = read_table(spark, settings.source.table)
-    id_col, text_col = settings.source.id_column, settings.source.text_column
-    missing = [c for c in (id_col, text_col) if c not in src.columns]
-    if missing:
-        raise SourceSchemaError(
-            f"{settings.source.table} has no column {', '.join(missing)} (it has {', '.join(src.columns)}); "
-            "set source.id_column / source.text_column to the right names")
-    text_type = src.schema[text_col].dataType
-    if not isinstance(text_type, StringType):
-        raise SourceSchemaError(
-            f"{settings.source.table}.{text_col} is {text_type.simpleString()}, not string; "
-            "embed a string column (cast it in a view) or set source.text_column")
-    return src.select(
-        F.col(id_col).cast("string").alias("id"),
-        F.col(text_col).alias("text"),
-    ).withColumn("content_hash", F.sha2(F.coalesce(F.col("text"), F.lit(NULL_TEXT_HASH)), 256))
-
-
-def one_row_per_id(src: DataFrame) -> DataFrame:
-    """(id, text, content_hash, doc_error): duplicated ids become one error row, never a silent pick."""
-    grouped = src.groupBy("id").agg(
-        F.count("*").alias("n"),
-        F.first("text").alias("text"),
-        F.sort_array(F.collect_list("content_hash")).alias("hashes"),
-    )
-    duplicated = F.col("n") > 1
-    return grouped.select(
-        "id",
-        F.when(duplicated, F.lit(None).cast("string")).otherwise(F.col("text")).alias("text"),
-        F.when(duplicated, F.sha2(F.concat_ws(",", "hashes"), 256)).otherwise(F.col("hashes")[0]).alias("content_hash"),
-        F.when(duplicated, F.format_string("id appears %d times in the source; ids must be unique", "n"))
-        .alias("doc_error"),
-    )
-
-
-def parallel_slots(spark: SparkSession) -> int:
-    """How many tasks can embed at once: GPUs across executors, or cores without GPUs."""
-    gpus_per_executor = int(float(spark.conf.get("spark.executor.resource.gpu.amount", "0")))
-    if gpus_per_executor:
-        executors = max(spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1, 1)
-        return gpus_per_executor * executors
-    return spark.sparkContext.defaultParallelism
-
-
 def embed_documents(spark: SparkSession, settings: Settings, model: ResolvedModel,
                     worker_model_ref: str, embed_column=None) -> RunStats:
     """Run one incremental embedding pass from settings.source into settings.target.
@@ -113,7 +61,8 @@ def embed_documents(spark: SparkSession, settings: Settings, model: ResolvedMode
     """
     stats = RunStats()
     cfg = settings.embed
-    src = load_source(spark, settings)
+    src = load_texts(spark, settings.source.table, settings.source.id_column, settings.source.text_column,
+                     ("source.id_column", "source.text_column"))
     log.info("reading %s", settings.source.table)
     stats.rows_read = src.count()
     stats.rows_without_id = src.filter(F.col("id").isNull()).count()

@@ -15,12 +15,11 @@ from dataclasses import asdict, dataclass
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import StringType
 
 from mlabatch.models.generator import EngineConfig
 from mlabatch.models.loading import ResolvedModel
 from mlabatch.models.sampling import SamplingParams
-from mlabatch.pipelines.embedding import NULL_TEXT_HASH, SourceSchemaError, one_row_per_id, parallel_slots
+from mlabatch.pipelines.sources import load_texts, one_row_per_id, parallel_slots
 from mlabatch.pipelines.settings import GenerateSettings
 from mlabatch.pipelines.tables import merge_into, read_table, table_exists
 from mlabatch.udfs.generate import generate_udf
@@ -76,22 +75,6 @@ def sampling_hash(cfg: GenerateSettings) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def load_prompts(spark: SparkSession, cfg: GenerateSettings) -> DataFrame:
-    """Source rows as (id, text, content_hash), with the configured columns checked first."""
-    src = read_table(spark, cfg.source_table)
-    missing = [c for c in (cfg.id_column, cfg.prompt_column) if c not in src.columns]
-    if missing:
-        raise SourceSchemaError(
-            f"{cfg.source_table} has no column {', '.join(missing)} (it has {', '.join(src.columns)}); "
-            "set generate.id_column / generate.prompt_column to the right names")
-    prompt_type = src.schema[cfg.prompt_column].dataType
-    if not isinstance(prompt_type, StringType):
-        raise SourceSchemaError(f"{cfg.source_table}.{cfg.prompt_column} is {prompt_type.simpleString()}, not "
-                                "string; set generate.prompt_column to a string column")
-    return src.select(F.col(cfg.id_column).cast("string").alias("id"), F.col(cfg.prompt_column).alias("text")
-                      ).withColumn("content_hash", F.sha2(F.coalesce(F.col("text"), F.lit(NULL_TEXT_HASH)), 256))
-
-
 def generate_prompts(spark: SparkSession, cfg: GenerateSettings, model: ResolvedModel, worker_model_ref: str,
                      generate_column=None) -> GenerationStats:
     """Run one incremental generation pass from cfg.source_table into cfg.target_table.
@@ -99,7 +82,8 @@ def generate_prompts(spark: SparkSession, cfg: GenerateSettings, model: Resolved
     `generate_column` replaces the UDF (tests inject a failing one to check retries).
     """
     stats = GenerationStats()
-    src = load_prompts(spark, cfg)
+    src = load_texts(spark, cfg.source_table, cfg.id_column, cfg.prompt_column,
+                     ("generate.id_column", "generate.prompt_column"))
     stats.rows_read = src.count()
     stats.rows_without_id = src.filter(F.col("id").isNull()).count()
     docs = one_row_per_id(src.filter(F.col("id").isNotNull())).cache()
@@ -109,7 +93,8 @@ def generate_prompts(spark: SparkSession, cfg: GenerateSettings, model: Resolved
     target_exists = table_exists(spark, cfg.target_table)
     new = docs
     if target_exists:
-        target = read_table(spark, cfg.target_table).cache()
+        target = (read_table(spark, cfg.target_table)
+                  .select("id", "prompt_hash", "model_version", "sampling_hash").cache())
         done = target.filter((F.col("model_version") == model.version) & (F.col("sampling_hash") == settings_hash))
         new = docs.join(done.select("id", F.col("prompt_hash").alias("content_hash")), ["id", "content_hash"],
                         "left_anti")

@@ -140,7 +140,7 @@ def test_a_task_failing_on_its_first_attempt_is_retried_without_loss_or_duplicat
 
 def test_problems_found_before_any_work(spark, make_settings, tmp_path, documents, write_source):
     from mlabatch.models.loading import ModelNotFoundError
-    from mlabatch.pipelines.embedding import SourceSchemaError
+    from mlabatch.pipelines.sources import SourceSchemaError
     from mlabatch.pipelines.tables import TableNotFoundError
 
     settings = make_settings()
