@@ -180,11 +180,6 @@ class Embedder:
         self.token_budget = token_budget or (65536 if device.type == "cuda" else 4096)
         self.slice_size = slice_size
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Token counts of whole texts, special tokens included, without truncation."""
-        self.tokenizer.no_truncation()
-        return [len(e.ids) for e in self.tokenizer.encode_batch(list(texts))]
-
     def embed(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
         """float32 [len(texts), dim] embeddings."""
         return self.embed_with_counts(texts, show_progress).embeddings
