@@ -22,7 +22,8 @@ from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 from mlabatch.models.chunking import split_text
-from mlabatch.models.packed_encoder import PackedEncoder, PackedLayout
+from mlabatch.models.packed_encoder import PackedEncoder
+from mlabatch.models.varlen import PackedLayout
 
 
 @dataclass

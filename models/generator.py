@@ -64,6 +64,7 @@ class EngineStats:
     preemptions: int = 0
     graph_steps: int = 0
     seconds: float = 0.0
+    prefill_seconds: float = 0.0  # wall time inside prefill (the rest of `seconds` is decode and bookkeeping)
     batch_sizes: list[int] = field(default_factory=list)
 
 
@@ -154,7 +155,9 @@ class Generator:
         sched.add(seqs)
         self.stats = EngineStats(prompt_tokens=sum(len(s.prompt) for s in seqs))
         while not sched.done:
+            tick = time.perf_counter()
             self._prefill(sched)
+            self.stats.prefill_seconds += time.perf_counter() - tick
             if sched.running:
                 self._decode(sched)
         self.stats.preemptions = sched.preemptions

@@ -7,12 +7,23 @@ absorbed form (decode) moves k_up into the query and v_up after the kernel, whic
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mlabatch.models.rope import apply_rope
+from mlabatch.models.varlen import PackedLayout, varlen_attention
+
+
+class Projections(NamedTuple):
+    """One layer's projected inputs: latent c [b, t, d_c], RoPE'd key part [b, t, d_rope] and queries [b, t, h, .]."""
+
+    c: torch.Tensor
+    k_rope: torch.Tensor | None
+    q_rope: torch.Tensor | None
+    q_nope: torch.Tensor | None
 
 
 @dataclass(frozen=True)
@@ -45,72 +56,104 @@ class MLAAttention(nn.Module):
         if s.d_rope:
             self.q_rope = nn.Linear(s.d_model, s.n_heads * s.d_rope)
             self.k_rope = nn.Linear(s.d_model, s.d_rope)
+        self._fused: tuple[torch.Tensor, torch.Tensor] | None = None  # set by fuse()
 
-    def latent(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        """Cache rows [b, t, d_c + d_rope] for hidden states x [b, t, d_model]."""
-        c = self.kv_down(x)
-        if not self.shape.d_rope:
-            return c
-        b, t, _ = x.shape
-        hd = self.shape.head_dim
-        kr = apply_rope(self.k_rope(x).view(b, t, -1, hd), *rope).reshape(b, t, -1)
-        return torch.cat((c, kr), dim=-1)
+    def fuse(self) -> None:
+        """Serve all input projections from one matmul: their weights become views of one fused tensor.
 
-    def _queries(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        """Non-absorbed queries [b, t, h, head_dim*has_nope + d_rope]."""
-        s = self.shape
-        b, t, _ = x.shape
-        parts = []
-        if s.has_nope:
-            parts.append(self.q_nope(x).view(b, t, s.n_heads, s.head_dim))
-        if s.d_rope:
-            qr = self.q_rope(x).view(b, t, s.n_heads * s.d_rope // s.head_dim, s.head_dim)
-            parts.append(apply_rope(qr, *rope).view(b, t, s.n_heads, s.d_rope))
-        return torch.cat(parts, dim=-1)
-
-    def forward(self, x: torch.Tensor, rows: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
-        """Non-absorbed attention of x [b, t, d_model] over cache rows [b, s, d_c + d_rope] through SDPA.
-
-        `mask` is bool [b, s] (True = attend), `causal` aligns query i with key i (t == s).
+        Call after the module reached its device and dtype (moving it later copies the views apart).
         """
         s = self.shape
+        parts = [self.kv_down] + ([self.k_rope, self.q_rope] if s.d_rope else []) + ([self.q_nope] if s.has_nope else [])
+        weight = torch.cat([m.weight.detach() for m in parts])
+        bias = torch.cat([m.bias.detach() if m.bias is not None else weight.new_zeros(m.out_features) for m in parts])
+        start = 0
+        for m in parts:
+            m.weight = nn.Parameter(weight[start: start + m.out_features], requires_grad=False)
+            if m.bias is not None:
+                m.bias = nn.Parameter(bias[start: start + m.out_features], requires_grad=False)
+            start += m.out_features
+        self._fused = (weight, bias)
+
+    def project(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> Projections:
+        """Every input projection of x [b, t, d_model], RoPE applied (keys and queries rotated together)."""
+        s = self.shape
         b, t, _ = x.shape
-        n = rows.shape[1]
+        if self._fused is not None:
+            y = F.linear(x, *self._fused)
+            c, r, qn = y.split([s.d_c, (1 + s.n_heads) * s.d_rope, s.n_heads * s.head_dim * s.has_nope], dim=-1)
+        else:
+            c = self.kv_down(x)
+            r = torch.cat((self.k_rope(x), self.q_rope(x)), dim=-1) if s.d_rope else None
+            qn = self.q_nope(x) if s.has_nope else None
+        kr = qr = None
+        if s.d_rope:
+            k_heads = s.d_rope // s.head_dim
+            r = apply_rope(r.reshape(b, t, -1, s.head_dim), *rope)
+            kr = r[:, :, :k_heads].reshape(b, t, s.d_rope)
+            qr = r[:, :, k_heads:].reshape(b, t, s.n_heads, s.d_rope)
+        return Projections(c, kr, qr, qn.reshape(b, t, s.n_heads, s.head_dim) if s.has_nope else None)
+
+    @staticmethod
+    def latent(p: Projections) -> torch.Tensor:
+        """Cache rows [b, t, d_c + d_rope]."""
+        return p.c if p.k_rope is None else torch.cat((p.c, p.k_rope), dim=-1)
+
+    @staticmethod
+    def queries(p: Projections) -> torch.Tensor:
+        """Non-absorbed queries [b, t, h, head_dim*has_nope + d_rope]."""
+        parts = [q for q in (p.q_nope, p.q_rope) if q is not None]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    def expand(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-query-head keys and values [..., s, h, dim] from cache rows [..., s, d_c + d_rope]."""
+        s = self.shape
         c, kr = rows[..., : s.d_c], rows[..., s.d_c:]
         group = s.n_heads // s.n_kv_heads
         keys = []
         if s.has_nope:
-            keys.append(torch.einsum("bsc,gdc->bgsd", c, self.k_up))
+            keys.append(torch.einsum("...c,gdc->...gd", c, self.k_up))
         if s.d_rope:
-            keys.append(kr[:, None].expand(b, s.n_kv_heads, n, s.d_rope))
-        k = torch.cat(keys, dim=-1).repeat_interleave(group, dim=1)
-        v = torch.einsum("bsc,gdc->bgsd", c, self.v_up).repeat_interleave(group, dim=1)
-        q = self._queries(x, rope).transpose(1, 2)
-        attn_mask = None if mask is None else mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal, scale=self.scale)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, s.n_heads * s.head_dim))
+            keys.append(kr.unsqueeze(-2).expand(*kr.shape[:-1], s.n_kv_heads, s.d_rope))
+        k = torch.cat(keys, dim=-1).repeat_interleave(group, dim=-2)
+        v = torch.einsum("...c,gdc->...gd", c, self.v_up).repeat_interleave(group, dim=-2)
+        return k, v
 
-    def absorbed_queries(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    def forward_packed(self, p: Projections, rows: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
+        """Causal attention of packed tokens [1, T, .] within their sequences (`layout`); returns [1, T, d_model]."""
+        k, v = self.expand(rows[0])
+        out = varlen_attention(self.queries(p)[0], k, v, layout, causal=True, scale=self.scale)
+        return self.o_proj(out.reshape(1, out.shape[0], -1))
+
+    def forward(self, p: Projections, rows: torch.Tensor, mask: torch.Tensor | None = None,
+                causal: bool = False) -> torch.Tensor:
+        """Non-absorbed attention of projected inputs over cache rows [b, s, d_c + d_rope] through SDPA.
+
+        `mask` is bool [b, s] (True = attend), `causal` aligns query i with key i (t == s).
+        """
+        b, t = p.c.shape[:2]
+        k, v = self.expand(rows)
+        q = self.queries(p).transpose(1, 2)
+        attn_mask = None if mask is None else mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask,
+                                             is_causal=causal, scale=self.scale)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+    def absorbed_queries(self, p: Projections) -> torch.Tensor:
         """Queries against latent rows [b, t, h, d_c + d_rope]: k_up folded into the no-RoPE part."""
         s = self.shape
-        b, t, _ = x.shape
-        group = s.n_heads // s.n_kv_heads
-        if s.has_nope:
-            qn = self.q_nope(x).view(b, t, s.n_heads, s.head_dim)
-            q_lat = torch.einsum("bthd,hdc->bthc", qn, self.k_up.repeat_interleave(group, dim=0))
+        b, t = p.c.shape[:2]
+        if s.has_nope:  # heads grouped by KV head, so k_up is read once per group, not copied per head
+            qn = p.q_nope.view(b, t, s.n_kv_heads, -1, s.head_dim)
+            q_lat = torch.einsum("btgrd,gdc->btgrc", qn, self.k_up).reshape(b, t, s.n_heads, s.d_c)
         else:
-            q_lat = x.new_zeros(b, t, s.n_heads, s.d_c)
-        if not s.d_rope:
-            return q_lat
-        qr = self.q_rope(x).view(b, t, s.n_heads * s.d_rope // s.head_dim, s.head_dim)
-        return torch.cat((q_lat, apply_rope(qr, *rope).view(b, t, s.n_heads, s.d_rope)), dim=-1)
+            q_lat = p.c.new_zeros(b, t, s.n_heads, s.d_c)
+        return q_lat if p.q_rope is None else torch.cat((q_lat, p.q_rope), dim=-1)
 
     def absorbed_output(self, out_latent: torch.Tensor) -> torch.Tensor:
         """Project attention-weighted latents [b, t, h, >= d_c] through v_up and o_proj to [b, t, d_model]."""
         s = self.shape
         b, t = out_latent.shape[:2]
-        v_up = self.v_up.repeat_interleave(s.n_heads // s.n_kv_heads, dim=0)
-        o = torch.einsum("bthc,hdc->bthd", out_latent[..., : s.d_c], v_up)
+        o = out_latent[..., : s.d_c].reshape(b, t, s.n_kv_heads, -1, s.d_c)
+        o = torch.einsum("btgrc,gdc->btgrd", o, self.v_up)
         return self.o_proj(o.reshape(b, t, s.n_heads * s.head_dim))
-

@@ -1,7 +1,7 @@
 """Runtime of MLA-converted Llama/Qwen2 decoders: prefill into a paged latent cache, then one-token decode steps.
 
-Prefill runs the non-absorbed form (SDPA, causal) on right-padded batches of prompts and stores each
-layer's latent rows; `decode_step` / `decode_batch` run the absorbed form, one `flash_mla_with_kvcache`
+Prefill runs the non-absorbed form (causal varlen attention) on packed batches of prompts and stores
+each layer's latent rows; `decode_step` / `decode_batch` run the absorbed form, one `flash_mla_with_kvcache`
 call per layer for the whole batch.
 `forward` is the cache-free non-absorbed reference over whole sequences.
 """
@@ -21,21 +21,10 @@ from mlabatch.models.mla_config import MLA_CONFIG_FILE
 from mlabatch.models.mla_encoder import mla_shape
 from mlabatch.models.paged_cache import PagedLatentCache
 from mlabatch.models.rope import rope_cos_sin
+from mlabatch.models.varlen import PackedLayout
 
 
-PREFILL_PADDED_TOKENS = 16384  # padded tokens per prefill batch: bounds activation memory
-
-
-def _length_groups(lengths: list[int], budget: int) -> list[list[int]]:
-    """Indices grouped by ascending length so that each group's (size x longest) stays within `budget`."""
-    groups: list[list[int]] = []
-    for j in sorted(range(len(lengths)), key=lengths.__getitem__):
-        if groups and (len(groups[-1]) + 1) * lengths[j] <= budget:
-            groups[-1].append(j)
-        else:
-            groups.append([j])
-    return groups
-
+PREFILL_TOKENS = 16384  # tokens per prefill forward pass: bounds activation memory
 
 class _MLP(nn.Module):
     def __init__(self, d: int, inner: int, bias: bool) -> None:
@@ -43,9 +32,26 @@ class _MLP(nn.Module):
         self.gate_proj = nn.Linear(d, inner, bias=bias)
         self.up_proj = nn.Linear(d, inner, bias=bias)
         self.down_proj = nn.Linear(inner, d, bias=bias)
+        self._gate_up: tuple[torch.Tensor, torch.Tensor | None] | None = None  # set by fuse()
+
+    def fuse(self) -> None:
+        """Gate and up projections from one matmul (their weights become views of the fused tensor)."""
+        inner = self.gate_proj.out_features
+        weight = torch.cat((self.gate_proj.weight.detach(), self.up_proj.weight.detach()))
+        self.gate_proj.weight = nn.Parameter(weight[:inner], requires_grad=False)
+        self.up_proj.weight = nn.Parameter(weight[inner:], requires_grad=False)
+        bias = None
+        if self.gate_proj.bias is not None:
+            bias = torch.cat((self.gate_proj.bias.detach(), self.up_proj.bias.detach()))
+            self.gate_proj.bias = nn.Parameter(bias[:inner], requires_grad=False)
+            self.up_proj.bias = nn.Parameter(bias[inner:], requires_grad=False)
+        self._gate_up = (weight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self._gate_up is None:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = F.linear(x, *self._gate_up).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class _DecoderLayer(nn.Module):
@@ -83,6 +89,12 @@ class MLADecoder(nn.Module):
         p = self.embed_tokens.weight
         return PagedLatentCache(len(self.layers), self.cache_width, num_blocks, dtype=p.dtype, device=p.device)
 
+    def fuse(self) -> None:
+        """One matmul for each layer's attention inputs and one for gate + up; call after moving the model."""
+        for layer in self.layers:
+            layer.attn.fuse()
+            layer.mlp.fuse()
+
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return rope_cos_sin(positions, self.rope_inv_freq, self.mla["rope_scaling"])
 
@@ -95,8 +107,8 @@ class MLADecoder(nn.Module):
         x = self.embed_tokens(input_ids)
         rope = self._rope(torch.arange(input_ids.shape[1], device=input_ids.device)[None])
         for layer in self.layers:
-            h = layer.attn_norm(x)
-            x = x + layer.attn(h, layer.attn.latent(h, rope), rope, causal=True)
+            p = layer.attn.project(layer.attn_norm(x), rope)
+            x = x + layer.attn(p, layer.attn.latent(p), causal=True)
             x = x + layer.mlp(layer.mlp_norm(x))
         return self._logits(x)
 
@@ -104,39 +116,38 @@ class MLADecoder(nn.Module):
     def prefill(self, input_ids_list: list[list[int]], cache: PagedLatentCache) -> tuple[list[int], torch.Tensor]:
         """Add each prompt to `cache`; returns (sequence ids, logits of each prompt's last token [b, vocab]).
 
-        Prompts run in right-padded batches of similar length (at most PREFILL_PADDED_TOKENS padded
-        tokens each); with padding on the right, causal attention never lets a real token see a pad.
+        Prompts run packed (no padding), at most PREFILL_TOKENS tokens per forward pass.
         """
         if any(not ids for ids in input_ids_list):
             raise ValueError("prefill needs at least one token per prompt")
         seqs = [cache.add() for _ in input_ids_list]
-        last: list[torch.Tensor | None] = [None] * len(seqs)
-        for group in _length_groups([len(ids) for ids in input_ids_list], PREFILL_PADDED_TOKENS):
-            logits = self._prefill_group([input_ids_list[j] for j in group], [seqs[j] for j in group], cache)
-            for row, j in enumerate(group):
-                last[j] = logits[row]
-        return seqs, torch.stack(last)
+        logits, group, tokens = [], [], 0
+        for j, ids in enumerate(input_ids_list):
+            if group and tokens + len(ids) > PREFILL_TOKENS:
+                logits.append(self._prefill_packed([input_ids_list[i] for i in group], [seqs[i] for i in group], cache))
+                group, tokens = [], 0
+            group.append(j)
+            tokens += len(ids)
+        logits.append(self._prefill_packed([input_ids_list[i] for i in group], [seqs[i] for i in group], cache))
+        return seqs, torch.cat(logits)
 
-    def _prefill_group(self, prompts: list[list[int]], seqs: list[int], cache: PagedLatentCache) -> torch.Tensor:
-        """Prefill prompts as one right-padded batch; returns last-token logits [k, vocab]."""
+    def _prefill_packed(self, prompts: list[list[int]], seqs: list[int], cache: PagedLatentCache) -> torch.Tensor:
+        """Prefill prompts as one packed batch; returns last-token logits [k, vocab]."""
         device = self.embed_tokens.weight.device
-        lens = torch.tensor([len(p) for p in prompts])
-        width = int(lens.max())
-        ids = torch.zeros(len(prompts), width, dtype=torch.long)
-        for row, p in enumerate(prompts):
-            ids[row, : len(p)] = torch.tensor(p)
-        real = (torch.arange(width)[None] < lens[:, None]).to(device)
+        layout = PackedLayout.from_lengths([len(p) for p in prompts])
+        ids = torch.tensor([t for p in prompts for t in p])
         slots = [cache.append(s, len(p)) for s, p in zip(seqs, prompts)]
         slots = (torch.cat([b for b, _ in slots]), torch.cat([o for _, o in slots]))
-        x = self.embed_tokens(ids.to(device))
-        rope = self._rope(torch.arange(width, device=device)[None])
+        layout = layout.to(device)
+        x = self.embed_tokens(ids.to(device))[None]
+        rope = self._rope(layout.positions[None])
         for i, layer in enumerate(self.layers):
-            h = layer.attn_norm(x)
-            rows = layer.attn.latent(h, rope)
-            cache.write(i, slots, rows[real])
-            x = x + layer.attn(h, rows, rope, causal=True)
+            p = layer.attn.project(layer.attn_norm(x), rope)
+            rows = layer.attn.latent(p)
+            cache.write(i, slots, rows[0])
+            x = x + layer.attn.forward_packed(p, rows, layout)
             x = x + layer.mlp(layer.mlp_norm(x))
-        return self._logits(x[torch.arange(len(prompts), device=device), (lens - 1).to(device)])
+        return self._logits(x[0, layout.cu_seqlens[1:].long() - 1])
 
     @torch.no_grad()
     def decode_step(self, seqs: list[int], tokens: torch.Tensor, cache: PagedLatentCache) -> torch.Tensor:
@@ -162,9 +173,9 @@ class MLADecoder(nn.Module):
         x = self.embed_tokens(tokens)[:, None]
         rope = self._rope(positions[:, None])
         for i, layer in enumerate(self.layers):
-            h = layer.attn_norm(x)
-            kv[i, slots[0], slots[1], 0] = layer.attn.latent(h, rope)[:, 0].to(kv.dtype)
-            q = layer.attn.absorbed_queries(h, rope)
+            p = layer.attn.project(layer.attn_norm(x), rope)
+            kv[i, slots[0], slots[1], 0] = layer.attn.latent(p)[:, 0].to(kv.dtype)
+            q = layer.attn.absorbed_queries(p)
             out, _ = flash_mla_with_kvcache(q, kv[i], block_table, seqlens, self.mla["kernel_head_dim_v"],
                                             meta, splits, softmax_scale=layer.attn.scale, causal=False)
             x = x + layer.attn.absorbed_output(out)
@@ -187,5 +198,6 @@ def load_mla_decoder(model_dir: str | Path, device: str | torch.device = "cpu",
     model.load_state_dict(state)
     model = model.to(device=device, dtype=dtype).eval()
     model.rope_inv_freq = model.rope_inv_freq.float()  # RoPE angles stay float32 in 16-bit models
+    model.fuse()
     return model
 

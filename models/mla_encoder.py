@@ -49,7 +49,8 @@ class _EncoderLayer(nn.Module):
         self.act = ACT2FN[cfg["hidden_act"]]
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = self.attn_norm(x + self.attn(x, self.attn.latent(x, None), None, mask=mask))
+        p = self.attn.project(x, None)
+        x = self.attn_norm(x + self.attn(p, self.attn.latent(p), mask=mask))
         return self.ffn_norm(x + self.ffn_out(self.act(self.ffn_in(x))))
 
 

