@@ -1,4 +1,4 @@
-"""CUDA graphs of the decode step, captured lazily per batch-size bucket (1, 2, 4, ... max_batch).
+"""CUDA graphs of the decode step, one per batch-size bucket (1, 2, 4, ... max_batch), captured at start-up.
 
 A batch of b rows replays the smallest bucket >= b; the padding rows write their latent row to a
 scratch block that no sequence owns and attend over it, so they never touch real cache rows. All
@@ -31,7 +31,7 @@ class DecodeGraphs:
         self.step = torch.zeros(5, max_batch, dtype=torch.long, device=device)
         self.table = torch.zeros(max_batch, table_width, dtype=torch.int32, device=device)
         self.scratch = scratch_block
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self.pool = None
         self.error: str | None = None
 
@@ -46,7 +46,7 @@ class DecodeGraphs:
         self.step[4, b:size] = 1
         self.table[b:size] = self.scratch
 
-    def _capture(self, size: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    def _capture(self, size: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
         self._pad(0, size)
         args = (self.step[0, :size], self.step[1, :size], (self.step[2, :size], self.step[3, :size]),
                 self.table[:size], self.step[4, :size].int(), self.kv)
@@ -63,25 +63,31 @@ class DecodeGraphs:
             logits = self.model.decode_batch(self.step[0, :size], self.step[1, :size],
                                              (self.step[2, :size], self.step[3, :size]), self.table[:size],
                                              seqlens, self.kv)
-        return graph, logits
+            greedy = logits.argmax(-1)
+        return graph, logits, greedy
 
-    def run(self, step: torch.Tensor, table: torch.Tensor) -> torch.Tensor | None:
-        """Logits [b, vocab] for one decode step, or None if capture failed (then run eagerly).
-
-        `step` is long [5, b]: tokens, positions, slot blocks, slot offsets, seqlens; `table` int32 [b, width].
-        """
-        b = step.shape[1]
-        size = next(s for s in self.sizes if s >= b)
-        if size not in self.graphs:
+    def capture(self) -> None:
+        """Capture every bucket now (start-up work, like a server's warm-up); on failure set `error` and stop."""
+        for size in reversed(self.sizes):  # largest first: the smaller graphs reuse its pool memory
             try:
                 self.graphs[size] = self._capture(size)
             except RuntimeError as err:
                 self.error = f"CUDA graph capture failed at batch {size}: {err}"
-                return None
-        self.step[:, :b] = step
+                return
+
+    def run(self, tokens: torch.Tensor, step: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [b, vocab], argmax tokens [b]) of one decode step; only when `fits(b)`.
+
+        `tokens` long [b] on the device; `step` long [4, b]: positions, slot blocks, slot offsets, seqlens;
+        `table` int32 [b, width]. The outputs are the graph's buffers, overwritten by the next replay.
+        """
+        b = step.shape[1]
+        size = next(s for s in self.sizes if s >= b)
+        self.step[0, :b] = tokens
+        self.step[1:, :b] = step
         self.table[:b, : table.shape[1]] = table
         self.table[:b, table.shape[1]:] = 0
         self._pad(b, size)
-        graph, logits = self.graphs[size]
+        graph, logits, greedy = self.graphs[size]
         graph.replay()
-        return logits[:b]
+        return logits[:b], greedy[:b]

@@ -79,6 +79,21 @@ class Scheduler:
             admitted.append(seq)
         return admitted
 
+    def can_admit(self, running: int) -> bool:
+        """Whether the next waiting sequence would be admitted beside `running` others now."""
+        if not self.waiting or running >= self.max_batch:
+            return False
+        need = -(-len(self.waiting[0].prefill_ids()) // BLOCK)
+        return need <= self.cache.num_free - (self.watermark if running else 0)
+
+    def try_reserve(self, rows: list[Sequence]) -> bool:
+        """Room for one more token of each of `rows` if the pool has it without preempting; sets `grown`."""
+        need = sum(1 for s in rows if self.cache.length(s.cache_id) == BLOCK * len(self.cache.blocks(s.cache_id)))
+        if need > self.cache.num_free:
+            return False
+        self.grown = [s for s in rows if self.cache.grow(s.cache_id, 1)]
+        return True
+
     def start(self, seq: Sequence, cache_id: int) -> None:
         """Mark an admitted, prefilled sequence as running."""
         seq.cache_id = cache_id

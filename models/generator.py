@@ -3,7 +3,10 @@
 Each loop iteration admits waiting prompts (prefill, batched by a token budget), then runs one decode
 step for the whole running batch: one `flash_mla_with_kvcache` call per layer, replayed from a CUDA
 graph on GPU when the batch fits a captured bucket. Finished sequences free their blocks at once, so
-new prompts join while others are still decoding (continuous batching).
+new prompts join while others are still decoding (continuous batching). While the device runs a step,
+the host already queues the next one (its input tokens never leave the device) and only then reads the
+step's tokens back, so the host's bookkeeping overlaps the device's work; a row that ends by EOS or a
+stop string thus computes one extra token, which is dropped.
 
 Finish reasons: "eos" (the model's end token), "stop" (a stop string; the text ends before it),
 "length" (max_new_tokens), "context" (prompt + generated reached the context limit).
@@ -63,9 +66,32 @@ class EngineStats:
     decode_steps: int = 0
     preemptions: int = 0
     graph_steps: int = 0
+    overlapped_steps: int = 0  # decode steps queued before the previous step's tokens were read
     seconds: float = 0.0
     prefill_seconds: float = 0.0  # wall time inside prefill (the rest of `seconds` is decode and bookkeeping)
     batch_sizes: list[int] = field(default_factory=list)
+
+
+def _pinned(t: torch.Tensor) -> torch.Tensor:
+    """Page-locked copy of a host tensor (so its upload is asynchronous), where CUDA is present."""
+    return t.pin_memory() if torch.cuda.is_available() else t
+
+
+class _Launched:
+    """A decode step queued on the device: its rows and sampled tokens, copied back to the host asynchronously."""
+
+    def __init__(self, rows: list[Sequence], tokens: torch.Tensor) -> None:
+        self.rows, self.tokens = rows, tokens
+        self._host = tokens.to("cpu", non_blocking=True) if tokens.is_cuda else tokens
+        self._ready = torch.cuda.Event() if tokens.is_cuda else None
+        if self._ready is not None:
+            self._ready.record()
+
+    def host_tokens(self) -> list[int]:
+        """The sampled tokens, once the device has produced them."""
+        if self._ready is not None:
+            self._ready.synchronize()
+        return self._host.tolist()
 
 
 def eos_ids(model_dir: Path) -> set[int]:
@@ -108,6 +134,8 @@ class Generator:
         use_graphs = config.cuda_graphs and self.device.type == "cuda"
         self.graphs = DecodeGraphs(model, self.cache.kv, config.max_batch, self.table_width,
                                    self.cache.blocks(self.scratch)[0]) if use_graphs else None
+        if self.graphs is not None:
+            self.graphs.capture()
         self.stats = EngineStats()
         self._chat = None
         self._rows: list[Sequence] = []
@@ -154,12 +182,23 @@ class Generator:
         sched = Scheduler(self.cache, self.config.max_batch, self.config.prefill_token_budget)
         sched.add(seqs)
         self.stats = EngineStats(prompt_tokens=sum(len(s.prompt) for s in seqs))
-        while not sched.done:
-            tick = time.perf_counter()
-            self._prefill(sched)
-            self.stats.prefill_seconds += time.perf_counter() - tick
-            if sched.running:
-                self._decode(sched)
+        pending: _Launched | None = None
+        while pending is not None or not sched.done:
+            # The next step goes to the device before this one's tokens are read, so the host's
+            # bookkeeping overlaps the device's work; admissions and preemptions wait for a quiet moment.
+            following = self._continue(sched, pending) if pending is not None else None
+            if pending is not None:
+                self._read(sched, pending)
+            pending = following
+            if pending is None:
+                tick = time.perf_counter()
+                self._prefill(sched)
+                self.stats.prefill_seconds += time.perf_counter() - tick
+                if sched.running:
+                    sched.reserve_decode_slots()
+                    rows = list(sched.running)
+                    tokens = torch.tensor([s.generated[-1] for s in rows]).to(self.device, non_blocking=True)
+                    pending = self._launch(rows, sched.grown, tokens, lag=0)
         self.stats.preemptions = sched.preemptions
         self.stats.generated_tokens = sum(len(s.generated) for s in seqs)
         self.stats.seconds = time.perf_counter() - started
@@ -175,31 +214,55 @@ class Generator:
             sched.start(seq, cache_id)
         if fresh:
             rows = [admitted[i] for i in fresh]
-            self._accept(sched, rows, self._sample(logits[fresh], rows))
+            self._accept(sched, rows, self._sample(logits[fresh], rows, lag=0).tolist())
 
-    def _decode(self, sched: Scheduler) -> None:
-        sched.reserve_decode_slots()
-        rows = list(sched.running)
-        if not rows:
-            return
-        table = self._block_table(rows, sched.grown)
+    def _continue(self, sched: Scheduler, pending: _Launched) -> _Launched | None:
+        """Launch the step after `pending` for its rows that surely go on, or None when the loop must pause.
+
+        Rows ending by length or context after the pending token sit this step out; a row that turns out
+        to end (EOS, stop string) with the pending token computes one token that is dropped.
+        """
+        keep = [r for r, s in enumerate(pending.rows) if s.finish_reason is None and not self._last_token(s)]
+        rows = [pending.rows[r] for r in keep]
+        if not rows or sched.can_admit(len(rows)) or not sched.try_reserve(rows):
+            return None
+        tokens = pending.tokens
+        if len(rows) != len(pending.rows):
+            tokens = tokens.index_select(0, torch.tensor(keep).to(self.device, non_blocking=True))
+        self.stats.overlapped_steps += 1
+        return self._launch(rows, sched.grown, tokens, lag=1)
+
+    def _last_token(self, seq: Sequence) -> bool:
+        """Whether the token in flight is `seq`'s last for length or context reasons."""
+        return len(seq.generated) + 1 >= seq.params.max_new_tokens or seq.total + 1 >= seq.max_len
+
+    def _launch(self, rows: list[Sequence], grown: list[Sequence], tokens: torch.Tensor, lag: int) -> _Launched:
+        """Queue one decode step of `rows` (input `tokens` [b] on the device) and its sampling."""
+        table = self._block_table(rows, grown)
         lengths = np.array([self.cache.length(s.cache_id) for s in rows], dtype=np.int64)
         pos = lengths - 1
-        step = np.stack([np.array([s.generated[-1] for s in rows]), pos,
-                         table[np.arange(len(rows)), pos // BLOCK], pos % BLOCK, lengths])
-        step = torch.from_numpy(step).to(self.device, non_blocking=True)
-        block_table = torch.from_numpy(table).to(self.device, non_blocking=True)
-        logits = None
+        step = np.stack([pos, table[np.arange(len(rows)), pos // BLOCK], pos % BLOCK, lengths])
+        step = _pinned(torch.from_numpy(step)).to(self.device, non_blocking=True)
+        block_table = _pinned(torch.from_numpy(table)).to(self.device, non_blocking=True)
         if self.graphs is not None and self.graphs.fits(len(rows)):
-            logits = self.graphs.run(step, block_table)
-            self.stats.graph_steps += logits is not None
-        if logits is None:
+            out = self.graphs.run(tokens, step, block_table)
+            self.stats.graph_steps += 1
+        else:
             width = int(max(len(self.cache.blocks(s.cache_id)) for s in rows))
-            logits = self.model.decode_batch(step[0], step[1], (step[2], step[3]), block_table[:, :width],
-                                             step[4].int(), self.cache.kv)
+            logits = self.model.decode_batch(tokens, step[0], (step[1], step[2]), block_table[:, :width],
+                                             step[3].int(), self.cache.kv)
+            out = logits, logits.argmax(-1)
+        logits, greedy = out
         self.stats.decode_steps += 1
         self.stats.batch_sizes.append(len(rows))
-        self._accept(sched, rows, self._sample(logits, rows))
+        sampled = greedy.clone() if all(s.params.greedy for s in rows) else self._sample(logits, rows, lag)
+        return _Launched(rows, sampled)
+
+    def _read(self, sched: Scheduler, step: _Launched) -> None:
+        """Wait for a launched step's tokens and accept them (rows that ended meanwhile drop theirs)."""
+        rows, tokens = step.rows, step.host_tokens()
+        live = [i for i, s in enumerate(rows) if s.finish_reason is None]
+        self._accept(sched, [rows[i] for i in live], [tokens[i] for i in live])
 
     def _block_table(self, rows: list[Sequence], grown: list[Sequence]) -> np.ndarray:
         """int32 [b, table_width] block ids of `rows`: last step's table plus new blocks, rebuilt when rows change."""
@@ -215,14 +278,14 @@ class Generator:
             self._table[self._row_of[id(s)], len(blocks) - 1] = blocks[-1]
         return self._table
 
-    def _sample(self, logits: torch.Tensor, rows: list[Sequence]) -> list[int]:
+    def _sample(self, logits: torch.Tensor, rows: list[Sequence], lag: int) -> torch.Tensor:
+        """Next tokens [b] on the device; `lag` tokens of each row are still in flight (count toward its step)."""
         if all(s.params.greedy for s in rows):
-            return logits.argmax(-1).tolist()
-        dev = logits.device
-        temperature = torch.tensor([s.params.temperature for s in rows], dtype=torch.float32, device=dev)
-        top_p = torch.tensor([s.params.top_p for s in rows], dtype=torch.float32, device=dev)
-        ints = torch.tensor([[s.params.top_k, s.params.seed, len(s.generated)] for s in rows], device=dev)
-        return sample(logits, temperature, ints[:, 0], top_p, ints[:, 1], ints[:, 2]).tolist()
+            return logits.argmax(-1)
+        floats = _pinned(torch.tensor([[s.params.temperature, s.params.top_p] for s in rows], dtype=torch.float32))
+        ints = _pinned(torch.tensor([[s.params.top_k, s.params.seed, len(s.generated) + lag] for s in rows]))
+        floats, ints = floats.to(logits.device, non_blocking=True), ints.to(logits.device, non_blocking=True)
+        return sample(logits, floats[:, 0], ints[:, 0], floats[:, 1], ints[:, 1], ints[:, 2])
 
     def _accept(self, sched: Scheduler, rows: list[Sequence], tokens: list[int]) -> None:
         """Append each row's new token and end the rows that are done."""

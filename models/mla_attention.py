@@ -57,9 +57,11 @@ class MLAAttention(nn.Module):
             self.q_rope = nn.Linear(s.d_model, s.n_heads * s.d_rope)
             self.k_rope = nn.Linear(s.d_model, s.d_rope)
         self._fused: tuple[torch.Tensor, torch.Tensor] | None = None  # set by fuse()
+        self._absorbed: tuple[torch.Tensor, torch.Tensor] | None = None  # set by fuse()
 
     def fuse(self) -> None:
-        """Serve all input projections from one matmul: their weights become views of one fused tensor.
+        """Serve all input projections from one matmul (their weights become views of one fused tensor) and
+        keep the absorbed form's per-head weights.
 
         Call after the module reached its device and dtype (moving it later copies the views apart).
         """
@@ -74,6 +76,7 @@ class MLAAttention(nn.Module):
                 m.bias = nn.Parameter(bias[start: start + m.out_features], requires_grad=False)
             start += m.out_features
         self._fused = (weight, bias)
+        self._absorbed = self.absorb_weights()
 
     def project(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> Projections:
         """Every input projection of x [b, t, d_model], RoPE applied (keys and queries rotated together)."""
@@ -139,21 +142,35 @@ class MLAAttention(nn.Module):
                                              is_causal=causal, scale=self.scale)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
-    def absorbed_queries(self, p: Projections) -> torch.Tensor:
-        """Queries against latent rows [b, t, h, d_c + d_rope]: k_up folded into the no-RoPE part."""
+    def absorb_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head weights of the absorbed form: queries [h, dq, d_c + d_rope] (k_up, and the identity on
+        the RoPE part, so one batched matmul yields the kernel's query rows) and values [h, d_c, head_dim]."""
+        if self._absorbed is not None:
+            return self._absorbed
         s = self.shape
+        group = s.n_heads // s.n_kv_heads
+        dq = s.head_dim * s.has_nope + s.d_rope
+        w_q = self.v_up.new_zeros(s.n_heads, dq, s.d_c + s.d_rope)
+        if s.has_nope:
+            w_q[:, : s.head_dim, : s.d_c] = self.k_up.detach().repeat_interleave(group, dim=0)
+        w_q[:, dq - s.d_rope:, s.d_c:] = torch.eye(s.d_rope, dtype=w_q.dtype, device=w_q.device)
+        w_v = self.v_up.detach().transpose(1, 2).repeat_interleave(group, dim=0).contiguous()
+        return w_q, w_v
+
+    def absorbed_queries(self, p: Projections) -> torch.Tensor:
+        """Queries against latent rows [b, t, h, d_c + d_rope]: k_up folded into the no-RoPE part.
+
+        The result is a head-major buffer seen as [b, t, h, .] (the kernel takes strided queries), so no
+        copy is needed to bring heads back inside the batch.
+        """
         b, t = p.c.shape[:2]
-        if s.has_nope:  # heads grouped by KV head, so k_up is read once per group, not copied per head
-            qn = p.q_nope.view(b, t, s.n_kv_heads, -1, s.head_dim)
-            q_lat = torch.einsum("btgrd,gdc->btgrc", qn, self.k_up).reshape(b, t, s.n_heads, s.d_c)
-        else:
-            q_lat = p.c.new_zeros(b, t, s.n_heads, s.d_c)
-        return q_lat if p.q_rope is None else torch.cat((q_lat, p.q_rope), dim=-1)
+        q = self.queries(p).reshape(b * t, self.shape.n_heads, -1).transpose(0, 1)
+        return torch.bmm(q, self.absorb_weights()[0]).transpose(0, 1).view(b, t, self.shape.n_heads, -1)
 
     def absorbed_output(self, out_latent: torch.Tensor) -> torch.Tensor:
         """Project attention-weighted latents [b, t, h, >= d_c] through v_up and o_proj to [b, t, d_model]."""
         s = self.shape
         b, t = out_latent.shape[:2]
-        o = out_latent[..., : s.d_c].reshape(b, t, s.n_kv_heads, -1, s.d_c)
-        o = torch.einsum("btgrc,gdc->btgrd", o, self.v_up)
-        return self.o_proj(o.reshape(b, t, s.n_heads * s.head_dim))
+        o = out_latent.reshape(b * t, s.n_heads, -1)[..., : s.d_c].transpose(0, 1)
+        o = torch.bmm(o, self.absorb_weights()[1])  # [h, b*t, head_dim]
+        return self.o_proj(o.transpose(0, 1).reshape(b, t, s.n_heads * s.head_dim))

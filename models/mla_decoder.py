@@ -165,7 +165,7 @@ class MLADecoder(nn.Module):
 
         tokens [b] long; positions [b] long (the new token's position); slots (block ids, offsets) [b] long
         where its latent row goes; block_table int32 [b, m] and seqlens int32 [b] (including the new
-        token); kv the cache tensor [layers, blocks, 64, 1, width]. Returns logits [b, vocab] float32.
+        token); kv the cache tensor [layers, blocks, 64, 1, width]. Returns logits [b, vocab] in the model's dtype.
         """
         n_heads = self.mla["n_heads"]
         row = kv.shape[-1]  # d_c + d_rope: narrow rows get the two-CTAs-per-SM schedule
@@ -180,7 +180,7 @@ class MLADecoder(nn.Module):
                                             meta, splits, softmax_scale=layer.attn.scale, causal=False)
             x = x + layer.attn.absorbed_output(out)
             x = x + layer.mlp(layer.mlp_norm(x))
-        return self._logits(x[:, 0])
+        return self.lm_head(self.norm(x[:, 0]))  # the model's dtype: argmax needs no float copy of the vocab
 
 
 def load_mla_decoder(model_dir: str | Path, device: str | torch.device = "cpu",

@@ -70,8 +70,7 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
     temperature/top_p float32 [b], top_k/seeds/steps long [b] (top_k 0 = off, steps = tokens generated so far).
     """
     greedy = logits.argmax(-1)
-    if bool((temperature == 0).all()):
-        return greedy
+    logits = logits.float()
     scaled = logits / temperature.clamp(min=1e-6)[:, None]
     sorted_logits, order = scaled.sort(-1, descending=True)
     rank = torch.arange(logits.shape[-1], device=logits.device)[None]

@@ -19,4 +19,5 @@ def test_cuda_graph_decode_equals_eager(tiny_decoder_dir):
         runs[graphs] = [o.token_ids for o in engine.generate(prompts, params)]
         if graphs:
             assert engine.graphs.error is None and engine.stats.graph_steps == engine.stats.decode_steps > 0
+            assert engine.stats.overlapped_steps > 0
     assert runs[True] == runs[False]

@@ -111,6 +111,24 @@ def test_stop_strings_cut_the_text(tiny):
     assert out.token_ids == full.token_ids[: out.generated_tokens] and out.generated_tokens < 40
 
 
+def test_rows_ending_mid_flight_match_running_alone(tiny):
+    """EOS and stop strings are only seen a step late (the next step is already queued): no effect on outputs."""
+    engine = _engine(tiny, max_batch=3)
+    prompts = _prompts([12, 30, 7, 50, 21, 3])
+    full = [engine.generate([p], GREEDY)[0] for p in prompts]
+    engine.eos = {full[1].token_ids[5]}  # prompt 1 (and any row drawing this token) ends by EOS
+    stop = full[0].text[len(full[0].text) // 2:][:4]
+    params = [SamplingParams(max_new_tokens=40, stop=(stop,))] + [SamplingParams(max_new_tokens=40)] * 5
+    alone = [engine.generate([p], s)[0] for p, s in zip(prompts, params)]
+    batch = engine.generate(prompts, params)
+    assert [(o.token_ids, o.text, o.finish_reason) for o in batch] == [
+        (o.token_ids, o.text, o.finish_reason) for o in alone]
+    assert {"eos", "stop", "length"} <= {o.finish_reason for o in batch}
+    assert alone[1].generated_tokens == 6 and alone[0].finish_reason == "stop"
+    assert engine.stats.overlapped_steps > 0 and max(engine.stats.batch_sizes) == 3
+    assert engine.cache.num_free == engine.cache.num_blocks - 1  # all blocks back but the graphs' scratch block
+
+
 def test_seeds_reproduce_across_batches_and_differ_between_seeds(tiny):
     engine = _engine(tiny)
     prompts = _prompts([9, 40, 23])
@@ -123,6 +141,12 @@ def test_seeds_reproduce_across_batches_and_differ_between_seeds(tiny):
     assert other[0].token_ids != alone.token_ids
     greedy = engine.generate([prompts[1]], GREEDY)[0].token_ids[:24]
     assert alone.token_ids != greedy  # it really sampled
+    model, ids = tiny[0], list(prompts[1])  # the k-th new token draws the noise of step k
+    for k in range(24):
+        logits = model(torch.tensor([ids]))[:, -1]
+        ids.append(int(sample(logits, torch.tensor([1.0]), torch.tensor([50]), torch.tensor([0.9]), torch.tensor([7]),
+                              torch.tensor([k]))))
+    assert ids[len(prompts[1]):] == alone.token_ids
 
 
 def test_context_limit_and_truncated_prompts(tiny):
