@@ -26,6 +26,15 @@ class Projections(NamedTuple):
     q_nope: torch.Tensor | None
 
 
+class LatentWeights(NamedTuple):
+    """Per-query-head maps of cache rows `[c ; k_rope]`: head h's key is `keys[h] @ row` (k_up on c, the
+    identity on the RoPE part; the same matrix absorbs queries), its value `values[h] @ c`."""
+
+    keys: torch.Tensor  # [h, dq, d_c + d_rope], dq = head_dim*has_nope + d_rope
+    values: torch.Tensor  # [h, head_dim, d_c]
+    padded_values: torch.Tensor  # values with zero rows up to dq
+
+
 @dataclass(frozen=True)
 class MLAShape:
     """Sizes of one converted attention layer; `has_nope` is False when every key stays RoPE'd exactly."""
@@ -57,11 +66,11 @@ class MLAAttention(nn.Module):
             self.q_rope = nn.Linear(s.d_model, s.n_heads * s.d_rope)
             self.k_rope = nn.Linear(s.d_model, s.d_rope)
         self._fused: tuple[torch.Tensor, torch.Tensor] | None = None  # set by fuse()
-        self._absorbed: tuple[torch.Tensor, torch.Tensor] | None = None  # set by fuse()
+        self._latent: LatentWeights | None = None  # set by fuse()
 
     def fuse(self) -> None:
         """Serve all input projections from one matmul (their weights become views of one fused tensor) and
-        keep the absorbed form's per-head weights.
+        keep the per-head latent weights (key/value expansion, query absorption).
 
         Call after the module reached its device and dtype (moving it later copies the views apart).
         """
@@ -76,7 +85,7 @@ class MLAAttention(nn.Module):
                 m.bias = nn.Parameter(bias[start: start + m.out_features], requires_grad=False)
             start += m.out_features
         self._fused = (weight, bias)
-        self._absorbed = self.absorb_weights()
+        self._latent = self.latent_weights()
 
     def project(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> Projections:
         """Every input projection of x [b, t, d_model], RoPE applied (keys and queries rotated together)."""
@@ -108,25 +117,22 @@ class MLAAttention(nn.Module):
         parts = [q for q in (p.q_nope, p.q_rope) if q is not None]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
-    def expand(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-query-head keys and values [..., s, h, dim] from cache rows [..., s, d_c + d_rope]."""
+    def expand(self, rows: torch.Tensor, pad_values: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-query-head keys [..., s, h, dq] and values [..., s, h, head_dim] from cache rows
+        [..., s, d_c + d_rope], one matmul each; `pad_values` widens values with zeros to dq (FlashAttention
+        wants one head dim)."""
         s = self.shape
-        c, kr = rows[..., : s.d_c], rows[..., s.d_c:]
-        group = s.n_heads // s.n_kv_heads
-        keys = []
-        if s.has_nope:
-            keys.append(torch.einsum("...c,gdc->...gd", c, self.k_up))
-        if s.d_rope:
-            keys.append(kr.unsqueeze(-2).expand(*kr.shape[:-1], s.n_kv_heads, s.d_rope))
-        k = torch.cat(keys, dim=-1).repeat_interleave(group, dim=-2)
-        v = torch.einsum("...c,gdc->...gd", c, self.v_up).repeat_interleave(group, dim=-2)
+        w = self.latent_weights()
+        k = F.linear(rows, w.keys.flatten(0, 1)).unflatten(-1, (s.n_heads, -1))
+        values = w.padded_values if pad_values else w.values
+        v = F.linear(rows[..., : s.d_c], values.flatten(0, 1)).unflatten(-1, (s.n_heads, -1))
         return k, v
 
     def forward_packed(self, p: Projections, rows: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
         """Causal attention of packed tokens [1, T, .] within their sequences (`layout`); returns [1, T, d_model]."""
-        k, v = self.expand(rows[0])
+        k, v = self.expand(rows[0], pad_values=True)
         out = varlen_attention(self.queries(p)[0], k, v, layout, causal=True, scale=self.scale)
-        return self.o_proj(out.reshape(1, out.shape[0], -1))
+        return self.o_proj(out[..., : self.shape.head_dim].reshape(1, out.shape[0], -1))
 
     def forward(self, p: Projections, rows: torch.Tensor, mask: torch.Tensor | None = None,
                 causal: bool = False) -> torch.Tensor:
@@ -142,20 +148,20 @@ class MLAAttention(nn.Module):
                                              is_causal=causal, scale=self.scale)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
-    def absorb_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-head weights of the absorbed form: queries [h, dq, d_c + d_rope] (k_up, and the identity on
-        the RoPE part, so one batched matmul yields the kernel's query rows) and values [h, d_c, head_dim]."""
-        if self._absorbed is not None:
-            return self._absorbed
+    def latent_weights(self) -> LatentWeights:
+        """Per-query-head maps from cache rows to keys and values (kept by fuse(), else built on each call)."""
+        if self._latent is not None:
+            return self._latent
         s = self.shape
         group = s.n_heads // s.n_kv_heads
         dq = s.head_dim * s.has_nope + s.d_rope
-        w_q = self.v_up.new_zeros(s.n_heads, dq, s.d_c + s.d_rope)
+        keys = self.v_up.new_zeros(s.n_heads, dq, s.d_c + s.d_rope)
         if s.has_nope:
-            w_q[:, : s.head_dim, : s.d_c] = self.k_up.detach().repeat_interleave(group, dim=0)
-        w_q[:, dq - s.d_rope:, s.d_c:] = torch.eye(s.d_rope, dtype=w_q.dtype, device=w_q.device)
-        w_v = self.v_up.detach().transpose(1, 2).repeat_interleave(group, dim=0).contiguous()
-        return w_q, w_v
+            keys[:, : s.head_dim, : s.d_c] = self.k_up.detach().repeat_interleave(group, dim=0)
+        keys[:, dq - s.d_rope:, s.d_c:] = torch.eye(s.d_rope, dtype=keys.dtype, device=keys.device)
+        values = self.v_up.detach().repeat_interleave(group, dim=0)
+        padded = values if dq == s.head_dim else F.pad(values, (0, 0, 0, dq - s.head_dim))
+        return LatentWeights(keys, values, padded)
 
     def absorbed_queries(self, p: Projections) -> torch.Tensor:
         """Queries against latent rows [b, t, h, d_c + d_rope]: k_up folded into the no-RoPE part.
@@ -165,12 +171,12 @@ class MLAAttention(nn.Module):
         """
         b, t = p.c.shape[:2]
         q = self.queries(p).reshape(b * t, self.shape.n_heads, -1).transpose(0, 1)
-        return torch.bmm(q, self.absorb_weights()[0]).transpose(0, 1).view(b, t, self.shape.n_heads, -1)
+        return torch.bmm(q, self.latent_weights().keys).transpose(0, 1).view(b, t, self.shape.n_heads, -1)
 
     def absorbed_output(self, out_latent: torch.Tensor) -> torch.Tensor:
         """Project attention-weighted latents [b, t, h, >= d_c] through v_up and o_proj to [b, t, d_model]."""
         s = self.shape
         b, t = out_latent.shape[:2]
         o = out_latent.reshape(b * t, s.n_heads, -1)[..., : s.d_c].transpose(0, 1)
-        o = torch.bmm(o, self.absorb_weights()[1])  # [h, b*t, head_dim]
+        o = torch.bmm(o, self.latent_weights().values.transpose(1, 2))  # [h, b*t, head_dim]
         return self.o_proj(o.transpose(0, 1).reshape(b, t, s.n_heads * s.head_dim))

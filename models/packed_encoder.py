@@ -40,10 +40,7 @@ class LatentQKV(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         s = self.attn.shape
-        group = s.n_heads // s.n_kv_heads
-        c = self.attn.kv_down(x)
-        k = torch.einsum("tc,gdc->tgd", c, self.attn.k_up).repeat_interleave(group, dim=1)
-        v = torch.einsum("tc,gdc->tgd", c, self.attn.v_up).repeat_interleave(group, dim=1)
+        k, v = self.attn.expand(self.attn.kv_down(x))
         return self.attn.q_nope(x).view(x.shape[0], s.n_heads, s.head_dim), k, v
 
 

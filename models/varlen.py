@@ -2,7 +2,7 @@
 
 A batch is one [T, ...] tensor of real tokens plus cumulative lengths: no padding enters token-wise
 work. Attention runs FlashAttention's varlen kernel through torch on CUDA (bf16/fp16, head dim <= 256)
-and masked SDPA over a padded view elsewhere (the CPU, float32, wider heads).
+and masked SDPA over a padded view elsewhere (the CPU, float32, wider heads, values narrower than keys).
 """
 from __future__ import annotations
 
@@ -59,10 +59,7 @@ class PackedLayout:
 
 def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: PackedLayout, causal: bool,
            scale: float | None) -> torch.Tensor:
-    """FlashAttention varlen; values narrower than the queries are zero-padded (FA2 wants one head dim)."""
-    dv = v.shape[-1]
-    if dv < q.shape[-1]:
-        v = F.pad(v, (0, q.shape[-1] - dv))
+    """FlashAttention varlen (queries, keys and values of one head dim)."""
     kwargs = {}
     if causal:
         kwargs.update({"window_size": (-1, 0)} if "window_size" in _VARLEN_ARGS else {"is_causal": True})
@@ -72,7 +69,7 @@ def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: PackedLayo
         else:
             q = q * (scale * math.sqrt(q.shape[-1]))
     out = varlen_attn(q, k, v, layout.cu_seqlens, layout.cu_seqlens, layout.max_len, layout.max_len, **kwargs)
-    return out[..., :dv]
+    return out
 
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: PackedLayout,
@@ -82,7 +79,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
     `causal` lets token i see tokens <= i of its sequence; `scale` defaults to 1/sqrt(d).
     """
     if (varlen_attn is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
-            and q.shape[-1] <= FLASH_MAX_HEAD_DIM):
+            and q.shape[-1] <= FLASH_MAX_HEAD_DIM and v.shape[-1] == q.shape[-1]):
         return _flash(q, k, v, layout, causal, scale)
     b, length = layout.num_seqs, layout.max_len
     flat = layout.seq_index * length + layout.positions
