@@ -53,23 +53,23 @@ def main() -> None:
               f"graph replay alone {replay_ms:.2f} ms (at the final lengths); {s.overlapped_steps} steps overlapped", flush=True)
         g = gen.graphs
         args_ = (g.step[0], g.step[1], (g.step[2], g.step[3]), g.table, g.step[4].int(), gen.cache.kv)  # last step's inputs
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(5):
                 gen.model.decode_batch(*args_)
             torch.cuda.synchronize()
         print(f"-- eager decode step x5 (batch {args.batch})")
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=60))
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=70))
         seqs, _ = gen.model.prefill(rows[:32], gen.cache)
         torch.cuda.synchronize()
         for seq in seqs:
             gen.cache.free(seq)
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             seqs, _ = gen.model.prefill(rows[:32], gen.cache)
             torch.cuda.synchronize()
         for seq in seqs:
             gen.cache.free(seq)
         print(f"-- prefill of 32 x {args.prompt} tokens")
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=60))
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=70))
         del gen
         torch.cuda.empty_cache()
 

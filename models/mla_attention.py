@@ -13,15 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlabatch.models.rope import apply_rope
+from mlabatch.models.rope import RopeTables, apply_rope
 from mlabatch.models.varlen import PackedLayout, varlen_attention
 
 
 class Projections(NamedTuple):
-    """One layer's projected inputs: latent c [b, t, d_c], RoPE'd key part [b, t, d_rope] and queries [b, t, h, .]."""
+    """One layer's projected inputs, views of one buffer: cache rows `[c ; rope(k_rope)]` [b, t, d_c + d_rope]
+    and queries [b, t, h, .]."""
 
-    c: torch.Tensor
-    k_rope: torch.Tensor | None
+    rows: torch.Tensor
     q_rope: torch.Tensor | None
     q_nope: torch.Tensor | None
 
@@ -68,14 +68,18 @@ class MLAAttention(nn.Module):
         self._fused: tuple[torch.Tensor, torch.Tensor] | None = None  # set by fuse()
         self._latent: LatentWeights | None = None  # set by fuse()
 
+    def _inputs(self) -> list[nn.Linear]:
+        """The input projections in the order of the fused output: kv_down, k_rope, q_rope, q_nope."""
+        s = self.shape
+        return [self.kv_down] + ([self.k_rope, self.q_rope] if s.d_rope else []) + ([self.q_nope] if s.has_nope else [])
+
     def fuse(self) -> None:
         """Serve all input projections from one matmul (their weights become views of one fused tensor) and
         keep the per-head latent weights (key/value expansion, query absorption).
 
         Call after the module reached its device and dtype (moving it later copies the views apart).
         """
-        s = self.shape
-        parts = [self.kv_down] + ([self.k_rope, self.q_rope] if s.d_rope else []) + ([self.q_nope] if s.has_nope else [])
+        parts = self._inputs()
         weight = torch.cat([m.weight.detach() for m in parts])
         bias = torch.cat([m.bias.detach() if m.bias is not None else weight.new_zeros(m.out_features) for m in parts])
         start = 0
@@ -87,29 +91,20 @@ class MLAAttention(nn.Module):
         self._fused = (weight, bias)
         self._latent = self.latent_weights()
 
-    def project(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> Projections:
-        """Every input projection of x [b, t, d_model], RoPE applied (keys and queries rotated together)."""
+    def project(self, x: torch.Tensor, rope: RopeTables | None) -> Projections:
+        """Every input projection of x [b, t, d_model], keys and queries RoPE'd together in place."""
         s = self.shape
-        b, t, _ = x.shape
         if self._fused is not None:
             y = F.linear(x, *self._fused)
-            c, r, qn = y.split([s.d_c, (1 + s.n_heads) * s.d_rope, s.n_heads * s.head_dim * s.has_nope], dim=-1)
         else:
-            c = self.kv_down(x)
-            r = torch.cat((self.k_rope(x), self.q_rope(x)), dim=-1) if s.d_rope else None
-            qn = self.q_nope(x) if s.has_nope else None
-        kr = qr = None
+            y = torch.cat([m(x) for m in self._inputs()], dim=-1)
+        width, q_rope = s.d_c + s.d_rope, s.n_heads * s.d_rope
         if s.d_rope:
-            k_heads = s.d_rope // s.head_dim
-            r = apply_rope(r.reshape(b, t, -1, s.head_dim), *rope)
-            kr = r[:, :, :k_heads].reshape(b, t, s.d_rope)
-            qr = r[:, :, k_heads:].reshape(b, t, s.n_heads, s.d_rope)
-        return Projections(c, kr, qr, qn.reshape(b, t, s.n_heads, s.head_dim) if s.has_nope else None)
-
-    @staticmethod
-    def latent(p: Projections) -> torch.Tensor:
-        """Cache rows [b, t, d_c + d_rope]."""
-        return p.c if p.k_rope is None else torch.cat((p.c, p.k_rope), dim=-1)
+            r = y[..., s.d_c: width + q_rope].unflatten(-1, (-1, s.head_dim))
+            apply_rope(r, rope, out=r)
+        return Projections(y[..., :width],
+                           y[..., width: width + q_rope].unflatten(-1, (s.n_heads, -1)) if s.d_rope else None,
+                           y[..., width + q_rope:].unflatten(-1, (s.n_heads, -1)) if s.has_nope else None)
 
     @staticmethod
     def queries(p: Projections) -> torch.Tensor:
@@ -140,7 +135,7 @@ class MLAAttention(nn.Module):
 
         `mask` is bool [b, s] (True = attend), `causal` aligns query i with key i (t == s).
         """
-        b, t = p.c.shape[:2]
+        b, t = p.rows.shape[:2]
         k, v = self.expand(rows)
         q = self.queries(p).transpose(1, 2)
         attn_mask = None if mask is None else mask[:, None, None, :]
@@ -169,7 +164,7 @@ class MLAAttention(nn.Module):
         The result is a head-major buffer seen as [b, t, h, .] (the kernel takes strided queries), so no
         copy is needed to bring heads back inside the batch.
         """
-        b, t = p.c.shape[:2]
+        b, t = p.rows.shape[:2]
         q = self.queries(p).reshape(b * t, self.shape.n_heads, -1).transpose(0, 1)
         return torch.bmm(q, self.latent_weights().keys).transpose(0, 1).view(b, t, self.shape.n_heads, -1)
 

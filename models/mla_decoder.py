@@ -20,7 +20,7 @@ from mlabatch.models.mla_attention import MLAAttention
 from mlabatch.models.mla_config import MLA_CONFIG_FILE
 from mlabatch.models.mla_encoder import mla_shape
 from mlabatch.models.paged_cache import PagedLatentCache
-from mlabatch.models.rope import rope_cos_sin
+from mlabatch.models.rope import RopeTables, rope_tables
 from mlabatch.models.varlen import PackedLayout
 
 
@@ -95,8 +95,8 @@ class MLADecoder(nn.Module):
             layer.attn.fuse()
             layer.mlp.fuse()
 
-    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return rope_cos_sin(positions, self.rope_inv_freq, self.mla["rope_scaling"])
+    def _rope(self, positions: torch.Tensor) -> RopeTables:
+        return rope_tables(positions, self.rope_inv_freq, self.mla["rope_scaling"], self.embed_tokens.weight.dtype)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.norm(x)).float()
@@ -108,7 +108,7 @@ class MLADecoder(nn.Module):
         rope = self._rope(torch.arange(input_ids.shape[1], device=input_ids.device)[None])
         for layer in self.layers:
             p = layer.attn.project(layer.attn_norm(x), rope)
-            x = x + layer.attn(p, layer.attn.latent(p), causal=True)
+            x = x + layer.attn(p, p.rows, causal=True)
             x = x + layer.mlp(layer.mlp_norm(x))
         return self._logits(x)
 
@@ -143,9 +143,8 @@ class MLADecoder(nn.Module):
         rope = self._rope(layout.positions[None])
         for i, layer in enumerate(self.layers):
             p = layer.attn.project(layer.attn_norm(x), rope)
-            rows = layer.attn.latent(p)
-            cache.write(i, slots, rows[0])
-            x = x + layer.attn.forward_packed(p, rows, layout)
+            cache.write(i, slots, p.rows[0])
+            x = x + layer.attn.forward_packed(p, p.rows, layout)
             x = x + layer.mlp(layer.mlp_norm(x))
         return self._logits(x[0, layout.cu_seqlens[1:].long() - 1])
 
@@ -174,7 +173,7 @@ class MLADecoder(nn.Module):
         rope = self._rope(positions[:, None])
         for i, layer in enumerate(self.layers):
             p = layer.attn.project(layer.attn_norm(x), rope)
-            kv[i, slots[0], slots[1], 0] = layer.attn.latent(p)[:, 0].to(kv.dtype)
+            kv[i, slots[0], slots[1], 0] = p.rows[:, 0].to(kv.dtype)
             q = layer.attn.absorbed_queries(p)
             out, _ = flash_mla_with_kvcache(q, kv[i], block_table, seqlens, self.mla["kernel_head_dim_v"],
                                             meta, splits, softmax_scale=layer.attn.scale, causal=False)

@@ -50,7 +50,7 @@ class _EncoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         p = self.attn.project(x, None)
-        x = self.attn_norm(x + self.attn(p, self.attn.latent(p), mask=mask))
+        x = self.attn_norm(x + self.attn(p, p.rows, mask=mask))
         return self.ffn_norm(x + self.ffn_out(self.act(self.ffn_in(x))))
 
 
@@ -83,4 +83,7 @@ def load_mla_encoder(model_dir: str | Path, device: str | torch.device = "cpu") 
     model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
     device = torch.device(device)
     model = model.to(device).eval()
-    return model.half() if device.type == "cuda" else model
+    model = model.half() if device.type == "cuda" else model
+    for layer in model.layers:
+        layer.attn.fuse()
+    return model

@@ -9,6 +9,8 @@ context, go to further mixes of fast ones (`rope_slots`).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from mlabatch.models.linalg import eigh_descending
@@ -21,11 +23,26 @@ def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, scaling: float
     return emb.cos() * scaling, emb.sin() * scaling
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [b, t, heads, head_dim] by the tables [b, t, head_dim]."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos.unsqueeze(-2).to(x.dtype) + rotated * sin.unsqueeze(-2).to(x.dtype)
+class RopeTables(NamedTuple):
+    """cos and sign-folded sin [..., 1, head_dim] in the activations' dtype, built once per forward pass:
+    rotate-half RoPE is then `x * cos + roll(x, head_dim / 2) * sin`, two kernels and no concatenation."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+
+def rope_tables(positions: torch.Tensor, inv_freq: torch.Tensor, scaling: float = 1.0,
+                dtype: torch.dtype = torch.float32) -> RopeTables:
+    """RopeTables for integer positions [...] (broadcast over the heads of x [..., heads, head_dim])."""
+    cos, sin = rope_cos_sin(positions, inv_freq, scaling)
+    half = sin.shape[-1] // 2
+    sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    return RopeTables(cos.unsqueeze(-2).to(dtype), sin.unsqueeze(-2).to(dtype))
+
+
+def apply_rope(x: torch.Tensor, tables: RopeTables, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotate x [..., heads, head_dim]; `out=x` rotates in place (x may be a strided view)."""
+    return torch.addcmul(x * tables.cos, x.roll(x.shape[-1] // 2, -1), tables.sin, out=out)
 
 
 def rorope_mixes(w_k: torch.Tensor, second_moment: torch.Tensor, n_kv: int,
