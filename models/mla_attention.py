@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlabatch.models.rope import RopeTables, apply_rope
+from mlabatch.kernels.elementwise import rope_
+from mlabatch.models.rope import RopeTables
 from mlabatch.models.varlen import PackedLayout, varlen_attention
 
 
@@ -101,7 +102,7 @@ class MLAAttention(nn.Module):
         width, q_rope = s.d_c + s.d_rope, s.n_heads * s.d_rope
         if s.d_rope:
             r = y[..., s.d_c: width + q_rope].unflatten(-1, (-1, s.head_dim))
-            apply_rope(r, rope, out=r)
+            rope_(r, *rope)
         return Projections(y[..., :width],
                            y[..., width: width + q_rope].unflatten(-1, (s.n_heads, -1)) if s.d_rope else None,
                            y[..., width + q_rope:].unflatten(-1, (s.n_heads, -1)) if s.has_nope else None)

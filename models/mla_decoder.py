@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from mlabatch.kernels import flash_mla_with_kvcache, get_mla_metadata
+from mlabatch.kernels.elementwise import swiglu
 from mlabatch.models.mla_attention import MLAAttention
 from mlabatch.models.mla_config import MLA_CONFIG_FILE
 from mlabatch.models.mla_encoder import mla_shape
@@ -50,8 +51,7 @@ class _MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._gate_up is None:
             return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-        gate, up = F.linear(x, *self._gate_up).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(swiglu(F.linear(x, *self._gate_up)))
 
 
 class _DecoderLayer(nn.Module):

@@ -25,7 +25,7 @@ def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, scaling: float
 
 class RopeTables(NamedTuple):
     """cos and sign-folded sin [..., 1, head_dim] in the activations' dtype, built once per forward pass:
-    rotate-half RoPE is then `x * cos + roll(x, head_dim / 2) * sin`, two kernels and no concatenation."""
+    rotate-half RoPE is then `x * cos + roll(x, head_dim / 2) * sin` (`mlabatch.kernels.elementwise.rope_`)."""
 
     cos: torch.Tensor
     sin: torch.Tensor
@@ -38,11 +38,6 @@ def rope_tables(positions: torch.Tensor, inv_freq: torch.Tensor, scaling: float 
     half = sin.shape[-1] // 2
     sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
     return RopeTables(cos.unsqueeze(-2).to(dtype), sin.unsqueeze(-2).to(dtype))
-
-
-def apply_rope(x: torch.Tensor, tables: RopeTables, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Rotate x [..., heads, head_dim]; `out=x` rotates in place (x may be a strided view)."""
-    return torch.addcmul(x * tables.cos, x.roll(x.shape[-1] // 2, -1), tables.sin, out=out)
 
 
 def rorope_mixes(w_k: torch.Tensor, second_moment: torch.Tensor, n_kv: int,

@@ -16,7 +16,8 @@ from mlabatch.models.fidelity import fidelity_report, greedy_mla
 from mlabatch.models.mla_config import CalibrationConfig, MLAConfig
 from mlabatch.models.mla_decoder import load_mla_decoder
 from mlabatch.models.mla_encoder import load_mla_encoder
-from mlabatch.models.rope import apply_rope, rope_slots, rope_tables, rorope_mixes, rorope_rotation
+from mlabatch.kernels.elementwise import rope_
+from mlabatch.models.rope import rope_slots, rope_tables, rorope_mixes, rorope_rotation
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CACHE = Path(os.environ.get("MLABATCH_TEST_CACHE", Path(tempfile.gettempdir()) / "mlabatch-test-cache"))
@@ -122,7 +123,7 @@ def test_in_place_rope_on_a_strided_view_matches_transformers():
     pos = torch.arange(5).expand(2, 5) + 100
     emb = torch.cat([pos[..., None] * inv_freq] * 2, dim=-1)
     expected, _ = apply_rotary_pos_emb(x.transpose(1, 2), x.transpose(1, 2), emb.cos(), emb.sin())
-    apply_rope(x, rope_tables(pos, inv_freq), out=x)
+    rope_(x, *rope_tables(pos, inv_freq))
     assert torch.allclose(buffer[..., 7:].unflatten(-1, (3, hd)), expected.transpose(1, 2), atol=1e-6)
 
 
@@ -137,9 +138,9 @@ def test_reallocated_rope_slots_commute_with_rope():
     rot = rorope_rotation(mixes, slots, 1, hd)
     assert torch.allclose(rot @ rot.T, torch.eye(n_kv * hd, dtype=torch.float64), atol=1e-12)
     k, pos = torch.randn(1, 1, n_kv, hd, dtype=torch.float64), torch.tensor([[37]])
-    rotated = apply_rope(k, rope_tables(pos, inv_freq, dtype=torch.float64)).reshape(-1)
+    rotated = rope_(k.clone(), *rope_tables(pos, inv_freq, dtype=torch.float64)).reshape(-1)
     slot_rope = rope_tables(pos, inv_freq[slots], dtype=torch.float64)
-    expected = apply_rope((rot[:hd] @ k.reshape(-1)).view(1, 1, 1, hd), slot_rope).reshape(-1)
+    expected = rope_((rot[:hd] @ k.reshape(-1)).view(1, 1, 1, hd), *slot_rope).reshape(-1)
     assert torch.allclose(rot[:hd] @ rotated, expected, atol=1e-5)
 
 
