@@ -22,23 +22,23 @@ def _use_triton(x: torch.Tensor) -> bool:
 
 
 def rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [..., heads, head_dim] in place (rotate-half layout) and return it.
+    """Rotate x [..., groups, chunks, head_dim] in place (rotate-half RoPE per head_dim chunk) and return it.
 
-    `cos` and `sin` [..., 1, head_dim] broadcast over the heads; `sin` has its first half negated, so
-    `x * cos + roll(x, head_dim / 2) * sin` is the rotation. x may be a strided view whose heads are
-    contiguous (a slice of a fused projection output).
+    `cos` and `sin` [..., 1, head_dim] (x's leading dims) broadcast over groups and chunks; `sin` has its
+    first half negated, so `x * cos + roll(x, head_dim / 2) * sin` is the rotation. x may be a strided
+    view: groups any stride apart, each group's chunks contiguous (slices of a fused projection output).
     """
     if not _use_triton(x):
-        return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin, out=x)
-    heads, head_dim = x.shape[-2:]
-    rows = x.view(-1, heads, head_dim)  # fails loudly if rows are not one stride apart
+        return torch.addcmul(x * cos.unsqueeze(-2), x.roll(x.shape[-1] // 2, -1), sin.unsqueeze(-2), out=x)
+    groups, chunks, head_dim = x.shape[-3:]
     if x.stride(-1) != 1 or x.stride(-2) != head_dim:
-        raise ValueError("rope_ on CUDA needs each row's heads contiguous")
-    lead = x.shape[:-2]
+        raise ValueError("rope_ on CUDA needs each group's chunks contiguous")
+    rows = x.view(-1, groups, chunks, head_dim)  # fails loudly if rows are not one stride apart
+    lead = x.shape[:-3]
     cos = cos.expand(*lead, 1, head_dim).reshape(-1, head_dim)
     sin = sin.expand(*lead, 1, head_dim).reshape(-1, head_dim)
-    _rope_kernel[(rows.shape[0],)](rows, cos, sin, rows.stride(0), cos.stride(0), heads,
-                                    HALF=head_dim // 2, BLOCK_H=triton.next_power_of_2(heads))
+    _rope_kernel[(rows.shape[0],)](rows, cos, sin, rows.stride(0), rows.stride(1), cos.stride(0), groups * chunks,
+                                    chunks, HALF=head_dim // 2, BLOCK_H=triton.next_power_of_2(groups * chunks))
     return x
 
 
@@ -58,13 +58,13 @@ def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
 if triton is not None:
 
     @triton.jit
-    def _rope_kernel(x_ptr, cos_ptr, sin_ptr, row_stride, table_stride, heads,
+    def _rope_kernel(x_ptr, cos_ptr, sin_ptr, row_stride, group_stride, table_stride, heads, chunks,
                      HALF: tl.constexpr, BLOCK_H: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         h = tl.arange(0, BLOCK_H)[:, None]
         d = tl.arange(0, HALF)[None, :]
         mask = h < heads
-        first = x_ptr + row * row_stride + h * (2 * HALF) + d
+        first = x_ptr + row * row_stride + (h // chunks) * group_stride + (h % chunks) * (2 * HALF) + d
         x1 = tl.load(first, mask=mask).to(tl.float32)
         x2 = tl.load(first + HALF, mask=mask).to(tl.float32)
         table = row * table_stride + d

@@ -19,12 +19,11 @@ from mlabatch.models.varlen import PackedLayout, varlen_attention
 
 
 class Projections(NamedTuple):
-    """One layer's projected inputs, views of one buffer: cache rows `[c ; rope(k_rope)]` [b, t, d_c + d_rope]
-    and queries [b, t, h, .]."""
+    """One layer's projected inputs, views of the fused projection output: cache rows `[c ; rope(k_rope)]`
+    [b, t, d_c + d_rope] and queries `[q_nope_h ; rope(q_rope_h)]` [b, t, h, head_dim*has_nope + d_rope]."""
 
     rows: torch.Tensor
-    q_rope: torch.Tensor | None
-    q_nope: torch.Tensor | None
+    queries: torch.Tensor
 
 
 class LatentWeights(NamedTuple):
@@ -69,49 +68,44 @@ class MLAAttention(nn.Module):
         self._fused: tuple[torch.Tensor, torch.Tensor] | None = None  # set by fuse()
         self._latent: LatentWeights | None = None  # set by fuse()
 
-    def _inputs(self) -> list[nn.Linear]:
-        """The input projections in the order of the fused output: kv_down, k_rope, q_rope, q_nope."""
-        s = self.shape
-        return [self.kv_down] + ([self.k_rope, self.q_rope] if s.d_rope else []) + ([self.q_nope] if s.has_nope else [])
-
     def fuse(self) -> None:
-        """Serve all input projections from one matmul (their weights become views of one fused tensor) and
-        keep the per-head latent weights (key/value expansion, query absorption).
+        """Replace the input projections by one matmul and keep the per-head latent weights.
 
-        Call after the module reached its device and dtype (moving it later copies the views apart).
+        The fused output is laid out `[c | k_rope | q_nope_0 q_rope_0 | q_nope_1 q_rope_1 | ...]`: cache rows
+        and per-head queries are then views of it, and k_rope with every q_rope sit one stride apart, so
+        RoPE rotates them all in place at once. The separate projection modules are dropped (their weights
+        live on in the fused tensor). Call once, after the module reached its device and dtype.
         """
-        parts = self._inputs()
-        weight = torch.cat([m.weight.detach() for m in parts])
-        bias = torch.cat([m.bias.detach() if m.bias is not None else weight.new_zeros(m.out_features) for m in parts])
-        start = 0
-        for m in parts:
-            m.weight = nn.Parameter(weight[start: start + m.out_features], requires_grad=False)
-            if m.bias is not None:
-                m.bias = nn.Parameter(bias[start: start + m.out_features], requires_grad=False)
-            start += m.out_features
+        s = self.shape
+        heads = []
+        for name, width in (("q_nope", s.head_dim * s.has_nope), ("q_rope", s.d_rope)):
+            if width:
+                m = getattr(self, name)
+                bias = m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features)
+                heads.append((m.weight.detach().unflatten(0, (s.n_heads, width)), bias.unflatten(0, (s.n_heads, width))))
+        q_weight = torch.cat([w for w, _ in heads], dim=1).flatten(0, 1)
+        q_bias = torch.cat([b for _, b in heads], dim=1).flatten()
+        keys = [self.kv_down] + ([self.k_rope] if s.d_rope else [])
+        weight = torch.cat([m.weight.detach() for m in keys] + [q_weight])
+        bias = torch.cat([m.bias.detach() if m.bias is not None else weight.new_zeros(m.out_features) for m in keys]
+                         + [q_bias])
+        for name in ("kv_down", "k_rope", "q_rope", "q_nope"):
+            if hasattr(self, name):
+                delattr(self, name)
         self._fused = (weight, bias)
         self._latent = self.latent_weights()
 
     def project(self, x: torch.Tensor, rope: RopeTables | None) -> Projections:
-        """Every input projection of x [b, t, d_model], keys and queries RoPE'd together in place."""
+        """Every input projection of x [..., d_model] from one matmul, keys and queries RoPE'd in place."""
+        if self._fused is None:
+            raise RuntimeError("MLAAttention.fuse() must run before the layer is used (the loaders call it)")
         s = self.shape
-        if self._fused is not None:
-            y = F.linear(x, *self._fused)
-        else:
-            y = torch.cat([m(x) for m in self._inputs()], dim=-1)
-        width, q_rope = s.d_c + s.d_rope, s.n_heads * s.d_rope
-        if s.d_rope:
-            r = y[..., s.d_c: width + q_rope].unflatten(-1, (-1, s.head_dim))
-            rope_(r, *rope)
-        return Projections(y[..., :width],
-                           y[..., width: width + q_rope].unflatten(-1, (s.n_heads, -1)) if s.d_rope else None,
-                           y[..., width + q_rope:].unflatten(-1, (s.n_heads, -1)) if s.has_nope else None)
-
-    @staticmethod
-    def queries(p: Projections) -> torch.Tensor:
-        """Non-absorbed queries [b, t, h, head_dim*has_nope + d_rope]."""
-        parts = [q for q in (p.q_nope, p.q_rope) if q is not None]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        y = F.linear(x, *self._fused)
+        width, dq = s.d_c + s.d_rope, s.head_dim * s.has_nope + s.d_rope
+        if s.d_rope:  # starting dq before the queries, k_rope takes the place of a head's RoPE part
+            r = y[..., width - dq:].unflatten(-1, (s.n_heads + 1, dq))[..., dq - s.d_rope:]
+            rope_(r.unflatten(-1, (-1, s.head_dim)), *rope)
+        return Projections(y[..., :width], y[..., width:].unflatten(-1, (s.n_heads, dq)))
 
     def expand(self, rows: torch.Tensor, pad_values: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-query-head keys [..., s, h, dq] and values [..., s, h, head_dim] from cache rows
@@ -127,7 +121,7 @@ class MLAAttention(nn.Module):
     def forward_packed(self, p: Projections, rows: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
         """Causal attention of packed tokens [1, T, .] within their sequences (`layout`); returns [1, T, d_model]."""
         k, v = self.expand(rows[0], pad_values=True)
-        out = varlen_attention(self.queries(p)[0], k, v, layout, causal=True, scale=self.scale)
+        out = varlen_attention(p.queries[0], k, v, layout, causal=True, scale=self.scale)
         return self.o_proj(out[..., : self.shape.head_dim].reshape(1, out.shape[0], -1))
 
     def forward(self, p: Projections, rows: torch.Tensor, mask: torch.Tensor | None = None,
@@ -138,14 +132,14 @@ class MLAAttention(nn.Module):
         """
         b, t = p.rows.shape[:2]
         k, v = self.expand(rows)
-        q = self.queries(p).transpose(1, 2)
+        q = p.queries.transpose(1, 2)
         attn_mask = None if mask is None else mask[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask,
                                              is_causal=causal, scale=self.scale)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
     def latent_weights(self) -> LatentWeights:
-        """Per-query-head maps from cache rows to keys and values (kept by fuse(), else built on each call)."""
+        """Per-query-head maps from cache rows to keys and values (built once by fuse())."""
         if self._latent is not None:
             return self._latent
         s = self.shape
@@ -166,7 +160,7 @@ class MLAAttention(nn.Module):
         copy is needed to bring heads back inside the batch.
         """
         b, t = p.rows.shape[:2]
-        q = self.queries(p).reshape(b * t, self.shape.n_heads, -1).transpose(0, 1)
+        q = p.queries.reshape(b * t, self.shape.n_heads, -1).transpose(0, 1)  # a strided view, no copy
         return torch.bmm(q, self.latent_weights().keys).transpose(0, 1).view(b, t, self.shape.n_heads, -1)
 
     def absorbed_output(self, out_latent: torch.Tensor) -> torch.Tensor:

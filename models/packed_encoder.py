@@ -39,9 +39,9 @@ class LatentQKV(nn.Module):
         self.attn = attn
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        s = self.attn.shape
-        k, v = self.attn.expand(self.attn.kv_down(x))
-        return self.attn.q_nope(x).view(x.shape[0], s.n_heads, s.head_dim), k, v
+        p = self.attn.project(x, None)
+        k, v = self.attn.expand(p.rows)
+        return p.queries, k, v
 
 
 class PackedLayer(nn.Module):

@@ -13,22 +13,22 @@ def test_triton_is_what_runs_on_cuda():
     assert elementwise.triton is not None, "triton is not importable: the CUDA path would be plain torch"
 
 
-@pytest.mark.parametrize("heads", [1, 33, 9])
-def test_rope_in_place_on_a_strided_view(heads):
+@pytest.mark.parametrize("groups, chunks, gap", [(33, 1, 64), (10, 3, 0), (9, 1, 0)])
+def test_rope_in_place_on_a_strided_view(groups, chunks, gap):
     torch.manual_seed(0)
-    hd, lead = 64, 40
-    buffer = torch.randn(3, 7, lead + heads * hd + 24, device="cuda", dtype=torch.bfloat16)
+    hd, lead, width = 64, 40, gap + chunks * 64
+    buffer = torch.randn(3, 7, lead + groups * width + 24, device="cuda", dtype=torch.bfloat16)
     before = buffer.clone()
-    x = buffer[..., lead: lead + heads * hd].unflatten(-1, (heads, hd))
+    x = buffer[..., lead: lead + groups * width].unflatten(-1, (groups, width))[..., gap:].unflatten(-1, (chunks, hd))
     pos = torch.randint(0, 8000, (3, 7), device="cuda")
     inv_freq = 1.0 / 500000 ** (torch.arange(0, hd, 2, device="cuda", dtype=torch.float32) / hd)
     ref = x.float()
-    emb = torch.cat([pos[..., None].float() * inv_freq] * 2, dim=-1)[..., None, :]
+    emb = torch.cat([pos[..., None].float() * inv_freq] * 2, dim=-1)[..., None, None, :]
     expected = ref * emb.cos() + torch.cat((-ref[..., hd // 2:], ref[..., : hd // 2]), -1) * emb.sin()
     elementwise.rope_(x, *rope_tables(pos, inv_freq, dtype=torch.bfloat16))
     assert torch.allclose(x.float(), expected, atol=0.03, rtol=0.02)
-    assert torch.equal(buffer[..., :lead], before[..., :lead])  # nothing outside the view changes
-    assert torch.equal(buffer[..., lead + heads * hd:], before[..., lead + heads * hd:])
+    x.copy_(before[..., lead: lead + groups * width].unflatten(-1, (groups, width))[..., gap:].unflatten(-1, (chunks, hd)))
+    assert torch.equal(buffer, before)  # nothing outside the rotated chunks changed
 
 
 @pytest.mark.parametrize("inner", [8192, 1536, 1000])

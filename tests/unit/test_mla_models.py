@@ -118,13 +118,16 @@ def test_in_place_rope_on_a_strided_view_matches_transformers():
 
     torch.manual_seed(0)
     hd, inv_freq = 64, 1.0 / 10000 ** (torch.arange(0, 32, dtype=torch.float32) / 32)
-    buffer = torch.randn(2, 5, 3 * hd + 7)  # heads sit inside a wider row, as in the fused projection output
-    x = buffer[..., 7:].unflatten(-1, (3, hd))
+    buffer = torch.randn(2, 5, 7 + 3 * (hd + 16))  # heads 16 values apart inside a wider row, as in the
+    x = buffer[..., 7:].unflatten(-1, (3, hd + 16))[..., 16:]  # fused projection output
+    before = buffer.clone()
     pos = torch.arange(5).expand(2, 5) + 100
     emb = torch.cat([pos[..., None] * inv_freq] * 2, dim=-1)
     expected, _ = apply_rotary_pos_emb(x.transpose(1, 2), x.transpose(1, 2), emb.cos(), emb.sin())
-    rope_(x, *rope_tables(pos, inv_freq))
-    assert torch.allclose(buffer[..., 7:].unflatten(-1, (3, hd)), expected.transpose(1, 2), atol=1e-6)
+    rope_(x.unflatten(-1, (1, hd)), *rope_tables(pos, inv_freq))
+    assert torch.allclose(x, expected.transpose(1, 2), atol=1e-6)
+    x[:] = before[..., 7:].unflatten(-1, (3, hd + 16))[..., 16:]
+    assert torch.equal(buffer, before)  # nothing outside the heads changed
 
 
 def test_reallocated_rope_slots_commute_with_rope():
@@ -138,9 +141,9 @@ def test_reallocated_rope_slots_commute_with_rope():
     rot = rorope_rotation(mixes, slots, 1, hd)
     assert torch.allclose(rot @ rot.T, torch.eye(n_kv * hd, dtype=torch.float64), atol=1e-12)
     k, pos = torch.randn(1, 1, n_kv, hd, dtype=torch.float64), torch.tensor([[37]])
-    rotated = rope_(k.clone(), *rope_tables(pos, inv_freq, dtype=torch.float64)).reshape(-1)
+    rotated = rope_(k.clone().unsqueeze(-2), *rope_tables(pos, inv_freq, dtype=torch.float64)).reshape(-1)
     slot_rope = rope_tables(pos, inv_freq[slots], dtype=torch.float64)
-    expected = rope_((rot[:hd] @ k.reshape(-1)).view(1, 1, 1, hd), *slot_rope).reshape(-1)
+    expected = rope_((rot[:hd] @ k.reshape(-1)).view(1, 1, 1, 1, hd), *slot_rope).reshape(-1)
     assert torch.allclose(rot[:hd] @ rotated, expected, atol=1e-5)
 
 
