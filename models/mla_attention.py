@@ -1,8 +1,9 @@
 """Multi-head Latent Attention converted from MHA/GQA: one cached row `[c ; k_rope]` per token for all heads.
 
 Head h (KV group g) scores `q_nope_h . (k_up[g] c) + rope(q_rope_h) . rope(k_rope)` and reads
-`v_up[g] c`. The non-absorbed form (prefill, encoders) materializes K and V and runs PyTorch SDPA; the
-absorbed form (decode) moves k_up into the query and v_up after the kernel, which reads only latent rows.
+`v_up[g] c`. The non-absorbed form (prefill, encoders) materializes K and V (one matmul each) and runs
+FlashAttention varlen or SDPA; the absorbed form (decode) moves k_up into the query and v_up after the
+kernel, which reads only latent rows.
 """
 from __future__ import annotations
 
