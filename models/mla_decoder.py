@@ -50,7 +50,7 @@ class _MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._gate_up is None:
-            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+            raise RuntimeError("MLADecoder.fuse() must run before the model is used (load_mla_decoder calls it)")
         return self.down_proj(swiglu(F.linear(x, *self._gate_up)))
 
 

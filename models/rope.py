@@ -33,7 +33,7 @@ class RopeTables(NamedTuple):
 
 def rope_tables(positions: torch.Tensor, inv_freq: torch.Tensor, scaling: float = 1.0,
                 dtype: torch.dtype = torch.float32) -> RopeTables:
-    """RopeTables for integer positions [...] (broadcast over the heads of x [..., heads, head_dim])."""
+    """RopeTables for integer positions [...]: [..., 1, head_dim], broadcast by `rope_` over x's heads."""
     cos, sin = rope_cos_sin(positions, inv_freq, scaling)
     half = sin.shape[-1] // 2
     sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
