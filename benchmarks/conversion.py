@@ -12,10 +12,10 @@ import json
 import tempfile
 from pathlib import Path
 
-from mlabatch.models.convert import convert
-from mlabatch.models.fidelity import fidelity_report
-from mlabatch.models.gguf import prepare_smollm2
-from mlabatch.models.mla_config import CalibrationConfig, MLAConfig
+from mlabatch.models.conversion.config import CalibrationConfig, MLAConfig
+from mlabatch.models.conversion.convert import convert
+from mlabatch.models.conversion.fidelity import fidelity_report
+from mlabatch.models.registry.bundled import prepare_smollm2
 
 RESULTS = Path(__file__).parent / "results"
 COMMAND = "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/conversion.py"

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from devices import device_tag  # benchmarks/devices.py, beside this script
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RESULTS = Path(__file__).parent / "results"
@@ -69,10 +70,10 @@ def main() -> None:
 
     from sentence_transformers import SentenceTransformer
 
-    from mlabatch.models.loading import load_model
+    from mlabatch.models.registry.load import load_model
 
     if args.model_dir is None:
-        from mlabatch.models.registry import bundled_minilm_dir
+        from mlabatch.models.registry.bundled import bundled_minilm_dir
         args.model_dir = bundled_minilm_dir()
     model_dir = random_weights_copy(args.model_dir) if args.random_weights else args.model_dir
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -108,7 +109,7 @@ def main() -> None:
                     "cosine_min": cosine_min(ours.embed(sample))})
 
     best = min(r["seconds"] for r in records if r["engine"] == "sentence-transformers")
-    out_path = args.out or RESULTS / f"embed-{'h100' if device.type == 'cuda' else 'cpu'}.jsonl"
+    out_path = args.out or RESULTS / f"embed-{device_tag(device)}.jsonl"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with open(out_path, "a") as out:
         for r in records:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from devices import device_tag  # benchmarks/devices.py, beside this script
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RESULTS = Path(__file__).parent / "results"
@@ -51,7 +52,8 @@ def mla_model_dir(shape: dict, d_c: int, d_rope: int, has_nope: bool, root: Path
     from safetensors.torch import save_file
     from tokenizers import Tokenizer, models
 
-    from mlabatch.models.mla_config import MLA_CONFIG_FILE, kernel_dims
+    from mlabatch.kernels import kernel_dims
+    from mlabatch.models.mla_config import MLAModelConfig
     from mlabatch.models.mla_decoder import MLADecoder
 
     dims = kernel_dims(d_c, d_rope)
@@ -59,10 +61,11 @@ def mla_model_dir(shape: dict, d_c: int, d_rope: int, has_nope: bool, root: Path
         raise ValueError(f"the kernel has no head dims for d_c={d_c} d_rope={d_rope}")
     cfg = llama_config(shape).to_dict()
     hd, nkv = 64, shape["num_key_value_heads"]
-    mla = {"architecture": "llama", "kind": "decoder", "d_c": d_c, "d_rope": d_rope,
-           "n_heads": shape["num_attention_heads"], "n_kv_heads": nkv, "head_dim": hd, "has_nope": has_nope,
-           "kv_values_per_token_before": 2 * nkv * hd, "kv_values_per_token_after": d_c + d_rope,
-           "rope_scaling": 1.0, "tie_word_embeddings": True, "kernel_head_dim_v": dims[0], "kernel_d_rope": dims[1]}
+    mla = MLAModelConfig(architecture="llama", kind="decoder", d_c=d_c, d_rope=d_rope,
+                         n_heads=shape["num_attention_heads"], n_kv_heads=nkv, head_dim=hd, has_nope=has_nope,
+                         kv_values_per_token_before=2 * nkv * hd, kv_values_per_token_after=d_c + d_rope,
+                         conversion={"method": "random weights (benchmark)"}, rope_scaling=1.0,
+                         tie_word_embeddings=True, kernel_head_dim_v=dims[0], kernel_d_rope=dims[1])
     out = root / f"mla-{shape['hidden_size']}-{d_c}-{d_rope}"
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -74,7 +77,7 @@ def mla_model_dir(shape: dict, d_c: int, d_rope: int, has_nope: bool, root: Path
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     save_file(state, str(out / "model.safetensors"))
     (out / "config.json").write_text(json.dumps(cfg))
-    (out / MLA_CONFIG_FILE).write_text(json.dumps(mla))
+    mla.write(out)
     vocab = {f"t{i}": i for i in range(shape["vocab_size"])}
     Tokenizer(models.WordLevel(vocab, unk_token="t0")).save(str(out / "tokenizer.json"))
     return out
@@ -125,9 +128,9 @@ def run_transformers(shape: dict, ids: torch.Tensor, new: int, device: torch.dev
 def run_engine(model_dir: Path, ids: torch.Tensor, new: int, device: torch.device, cuda_graphs: bool = True,
                check_graphs: bool = False) -> dict:
     """New tokens/s of our engine, its pool sized to exactly what the batch needs."""
-    from mlabatch.models.generator import EngineConfig
-    from mlabatch.models.loading import load_generator
-    from mlabatch.models.sampling import SamplingParams
+    from mlabatch.models.generation.config import EngineConfig
+    from mlabatch.models.generation.engine import load_generator
+    from mlabatch.models.generation.config import SamplingParams
 
     b, t = ids.shape
     need = b * -(-(t + new) // 64)
@@ -155,11 +158,11 @@ def run_engine(model_dir: Path, ids: torch.Tensor, new: int, device: torch.devic
     seconds = time.perf_counter() - start
     assert all(o.generated_tokens == new for o in outs)
     m = gen.model
-    kv = len(m.layers) * m.cache_width * m.embed_tokens.weight.element_size()
+    kv = len(m.layers) * m.mla.cache_width * m.embed_tokens.weight.element_size()
     result.update({"new_tokens_per_s": b * new / seconds, "seconds": seconds, "peak_gib": _peak_gib(device),
                    "kv_bytes_per_token": kv, "prefill_seconds": gen.stats.prefill_seconds,
                    "decode_steps": gen.stats.decode_steps, "overlapped_steps": gen.stats.overlapped_steps,
-                   "graph_steps": gen.stats.graph_steps, "graph_error": gen.graphs.error if gen.graphs else None})
+                   "graph_steps": gen.stats.graph_steps, "graph_error": gen.runner.graphs.error if gen.runner.graphs else None})
     del gen
     return result
 
@@ -180,7 +183,7 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    out = args.out or RESULTS / f"generate-{'h100' if 'H100' in name else device.type}.jsonl"
+    out = args.out or RESULTS / f"generate-{device_tag(device)}.jsonl"
     root = Path(tempfile.mkdtemp(prefix="mlabatch-genbench-"))
     rows = []
     for model_name in args.models:

@@ -24,9 +24,9 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from mlabatch.jobs.config import load_settings  # noqa: E402
 from mlabatch.jobs.embed import run_embed  # noqa: E402
-from mlabatch.models.chunking import split_text  # noqa: E402
-from mlabatch.models.loading import load_model  # noqa: E402
-from mlabatch.models.registry import bundled_minilm_dir  # noqa: E402
+from mlabatch.models.embedding.chunking import split_text  # noqa: E402
+from mlabatch.models.registry.load import load_model  # noqa: E402
+from mlabatch.models.registry.bundled import bundled_minilm_dir  # noqa: E402
 from mlabatch.pipelines.sample_data import sample_documents  # noqa: E402
 from mlabatch.pipelines.spark import get_spark  # noqa: E402
 from mlabatch.pipelines.tables import write_arrow  # noqa: E402

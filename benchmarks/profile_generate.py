@@ -18,9 +18,9 @@ from generate import SHAPES, mla_model_dir, prompts  # noqa: E402
 def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    from mlabatch.models.generator import EngineConfig
-    from mlabatch.models.loading import load_generator
-    from mlabatch.models.sampling import SamplingParams
+    from mlabatch.models.generation.config import EngineConfig
+    from mlabatch.models.generation.engine import load_generator
+    from mlabatch.models.generation.config import SamplingParams
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="+", default=["smollm2-135m", "llama-3.2-1b"])
@@ -39,7 +39,8 @@ def main() -> None:
         gen.generate(rows[:8], SamplingParams(max_new_tokens=4, ignore_eos=True))
         gen.generate(rows, SamplingParams(max_new_tokens=args.new, ignore_eos=True))
         s = gen.stats
-        graph = gen.graphs.graphs[max(gen.graphs.graphs)][0]
+        g = gen.runner.graphs
+        graph = g.graphs[max(g.graphs)][0]
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(20):
@@ -51,23 +52,16 @@ def main() -> None:
         print(f"== {name} batch {args.batch}: total {s.seconds:.3f} s, prefill {s.prefill_seconds:.3f} s, "
               f"decode {decode_s:.3f} s over {s.decode_steps} steps = {1e3 * decode_s / s.decode_steps:.2f} ms/step; "
               f"graph replay alone {replay_ms:.2f} ms (at the final lengths); {s.overlapped_steps} steps overlapped", flush=True)
-        g = gen.graphs
-        args_ = (g.step[0], g.step[1], (g.step[2], g.step[3]), g.table, g.step[4].int(), gen.cache.kv)  # last step's inputs
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(5):
-                gen.model.decode_batch(*args_)
+                gen.model.decode_batch(g.tokens, g.inputs, gen.runner.kv)  # the last step's inputs
             torch.cuda.synchronize()
         print(f"-- eager decode step x5 (batch {args.batch})")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=70))
-        seqs, _ = gen.model.prefill(rows[:32], gen.cache)
-        torch.cuda.synchronize()
-        for seq in seqs:
-            gen.cache.free(seq)
+        gen.generate(rows[:32], SamplingParams(max_new_tokens=1))  # warm-up at this shape
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            seqs, _ = gen.model.prefill(rows[:32], gen.cache)
+            gen.generate(rows[:32], SamplingParams(max_new_tokens=1))  # one prefill pass, no decode step
             torch.cuda.synchronize()
-        for seq in seqs:
-            gen.cache.free(seq)
         print(f"-- prefill of 32 x {args.prompt} tokens")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=70))
         del gen

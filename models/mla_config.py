@@ -1,73 +1,82 @@
-"""Conversion settings (MLAConfig) and the limits they are checked against.
+"""The typed schema of `mla_config.json`, the file `convert` writes beside a converted model's weights.
 
-A converted layer caches, per token, one latent row `[c (d_c) ; k_rope (d_rope)]` shared by all heads.
-`d_rope` is 0 for models with learned positions, a multiple of head_dim for RoPE models: head_dim is
-RoRoPE (one shared RoPE key), n_kv_heads * head_dim keeps every RoPE'd key exactly.
+It is read once per load (`MLAModelConfig.read`, or `read_converted` for the whole directory) and passed
+on as a value; nothing else parses the file.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
 from pathlib import Path
+from typing import Literal
 
-METHODS = ("exact", "svd", "pca")
-KERNEL_D_V = (128, 192, 256, 384, 512)  # head_dim_v values the decode kernel supports
-KERNEL_D_ROPE = (0, 64)  # d_qk - d_v values the decode kernel supports
+import torch
+from pydantic import BaseModel, ConfigDict
+from safetensors.torch import load_file
+
+from mlabatch.models.mla_attention import MLAShape
+
 MLA_CONFIG_FILE = "mla_config.json"
 
 
-class ConversionError(ValueError):
-    """A conversion request that cannot be honoured; the message names what is supported."""
+class MLAModelConfig(BaseModel):
+    """What a converted model's runtime needs: its latent sizes, and for decoders RoPE and kernel widths."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    architecture: str  # the source's Hugging Face model_type
+    kind: Literal["encoder", "decoder"]
+    d_c: int
+    d_rope: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    has_nope: bool  # False when every key stays RoPE'd exactly (no low-rank key part)
+    kv_values_per_token_before: int
+    kv_values_per_token_after: int
+    conversion: dict  # the conversion request, source directory and seconds taken (a record, not read back)
+    rope_scaling: float | None = None  # decoders: the source's RoPE attention scaling
+    tie_word_embeddings: bool | None = None  # decoders
+    kernel_head_dim_v: int | None = None  # decoders: the decode kernel's (head_dim_v, d_rope) for a cache row
+    kernel_d_rope: int | None = None
+
+    @classmethod
+    def read(cls, model_dir: str | Path, kind: str | None = None) -> "MLAModelConfig":
+        """The config of a converted model directory; `kind` ("encoder"/"decoder") is checked when given."""
+        path = Path(model_dir) / MLA_CONFIG_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{model_dir} is not an MLA-converted model (no {MLA_CONFIG_FILE}); "
+                                    "convert it first with `mlabatch convert`")
+        config = cls.model_validate_json(path.read_text())
+        if kind is not None and config.kind != kind:
+            article = "an" if kind == "encoder" else "a"
+            raise ValueError(f"{model_dir} holds a converted {config.kind} model, not {article} {kind}")
+        return config
+
+    def write(self, model_dir: Path) -> Path:
+        """Write the config into `model_dir`; returns the file's path."""
+        path = model_dir / MLA_CONFIG_FILE
+        path.write_text(self.model_dump_json(indent=2) + "\n")
+        return path
+
+    @property
+    def cache_width(self) -> int:
+        """Values cached per token per layer: d_c + d_rope."""
+        return self.d_c + self.d_rope
+
+    def attention_shape(self, d_model: int) -> MLAShape:
+        """The MLAShape of every attention layer of this model."""
+        return MLAShape(d_model=d_model, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads, head_dim=self.head_dim,
+                        d_c=self.d_c, d_rope=self.d_rope, has_nope=self.has_nope)
 
 
-@dataclass(frozen=True)
-class CalibrationConfig:
-    """Which text calibrates PCA: `texts_file` (one text per line) or, if None, Python's bundled docs.
-
-    `max_tokens` also sets the context span that a RoPE model's RoPE slots are chosen for (`rope.rope_slots`).
-    """
-
-    num_texts: int = 32
-    max_tokens: int = 256
-    texts_file: Path | None = None
-
-    def __post_init__(self) -> None:
-        if self.num_texts < 1 or self.max_tokens < 8:
-            raise ConversionError(f"calibration needs num_texts >= 1 and max_tokens >= 8, got {self}")
+def is_converted(model_dir: str | Path) -> bool:
+    """Whether `model_dir` holds an MLA-converted model."""
+    return (Path(model_dir) / MLA_CONFIG_FILE).is_file()
 
 
-@dataclass(frozen=True)
-class MLAConfig:
-    """What to convert to: latent width d_c, RoPE key width d_rope, method; None widths mean exact."""
-
-    d_c: int | None = None
-    d_rope: int | None = None
-    method: str = "pca"
-    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConversionError(f"method {self.method!r} is not one of {METHODS}")
-        if self.method != "exact" and self.d_c is None:
-            raise ConversionError(f"method {self.method!r} needs d_c; only 'exact' derives it")
-        if self.calibration.texts_file is not None and not Path(self.calibration.texts_file).is_file():
-            raise ConversionError(f"calibration file {self.calibration.texts_file} does not exist")
-
-    def to_dict(self) -> dict:
-        """JSON-ready form (paths as strings)."""
-        out = asdict(self)
-        tf = out["calibration"]["texts_file"]
-        out["calibration"]["texts_file"] = None if tf is None else str(tf)
-        return out
-
-
-def kernel_dims(d_c: int, d_rope: int) -> tuple[int, int] | None:
-    """The kernel's (head_dim_v, d_rope) for a latent row, or None if the kernel cannot run it.
-
-    V is the first d_c columns when d_c and d_rope are both kernel sizes; otherwise the whole row may be
-    presented as V (d_rope 0 to the kernel), the extra output columns being ignored by the up-projection.
-    """
-    if d_c in KERNEL_D_V and d_rope in KERNEL_D_ROPE:
-        return d_c, d_rope
-    if d_c + d_rope in KERNEL_D_V:
-        return d_c + d_rope, 0
-    return None
+def read_converted(model_dir: str | Path, kind: str) -> tuple[MLAModelConfig, dict, dict[str, torch.Tensor]]:
+    """(MLA config, the source's config.json, the weights) of a converted `kind` model directory."""
+    model_dir = Path(model_dir)
+    mla = MLAModelConfig.read(model_dir, kind)
+    source = json.loads((model_dir / "config.json").read_text())
+    return mla, source, load_file(str(model_dir / "model.safetensors"))

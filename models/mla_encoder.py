@@ -4,24 +4,14 @@ Encoders have no KV cache, so attention runs in the non-absorbed form (expanded 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from transformers.activations import ACT2FN
 
 from mlabatch.models.mla_attention import MLAAttention, MLAShape
-from mlabatch.models.mla_config import MLA_CONFIG_FILE
-
-
-def mla_shape(mla: dict, d_model: int) -> MLAShape:
-    """MLAShape from a converted model's mla_config.json contents."""
-    return MLAShape(d_model=d_model, n_heads=mla["n_heads"], n_kv_heads=mla["n_kv_heads"],
-                    head_dim=mla["head_dim"], d_c=mla["d_c"], d_rope=mla["d_rope"], has_nope=mla["has_nope"])
-
-
+from mlabatch.models.mla_config import MLAModelConfig, read_converted
 class _Embeddings(nn.Module):
     def __init__(self, cfg: dict) -> None:
         super().__init__()
@@ -57,9 +47,9 @@ class _EncoderLayer(nn.Module):
 class MLAEncoder(nn.Module):
     """BERT with MLA attention; token type 0 everywhere, as sentence-transformers uses it."""
 
-    def __init__(self, cfg: dict, mla: dict) -> None:
+    def __init__(self, cfg: dict, mla: MLAModelConfig) -> None:
         super().__init__()
-        shape = mla_shape(mla, cfg["hidden_size"])
+        shape = mla.attention_shape(cfg["hidden_size"])
         self.embeddings = _Embeddings(cfg)
         self.layers = nn.ModuleList(_EncoderLayer(cfg, shape) for _ in range(cfg["num_hidden_layers"]))
 
@@ -74,13 +64,9 @@ class MLAEncoder(nn.Module):
 
 def load_mla_encoder(model_dir: str | Path, device: str | torch.device = "cpu") -> MLAEncoder:
     """Load a converted encoder onto `device` in eval mode (float16 on CUDA, float32 elsewhere)."""
-    model_dir = Path(model_dir)
-    mla = json.loads((model_dir / MLA_CONFIG_FILE).read_text())
-    if mla.get("kind") != "encoder":
-        raise ValueError(f"{model_dir} holds a converted {mla.get('kind')} model, not an encoder")
-    cfg = json.loads((model_dir / "config.json").read_text())
+    mla, cfg, state = read_converted(model_dir, "encoder")
     model = MLAEncoder(cfg, mla)
-    model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
+    model.load_state_dict(state)
     device = torch.device(device)
     model = model.to(device).eval()
     model = model.half() if device.type == "cuda" else model

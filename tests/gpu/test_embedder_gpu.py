@@ -32,7 +32,7 @@ def random_minilm(tmp_path_factory):
 
 
 def test_fp16_gpu_matches_fp32_cpu(random_minilm):
-    from mlabatch.models.loading import load_model
+    from mlabatch.models.registry.load import load_model
 
     texts = ["short", "", "Grüße 日本語 🚀", topics["class"], topics["for"][:700]] + [topics["if"][:n] for n in (50, 400)]
     cpu = load_model(random_minilm, "cpu", token_budget=300).embed(texts)

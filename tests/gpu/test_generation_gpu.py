@@ -2,9 +2,8 @@
 import pytest
 import torch
 
-from mlabatch.models.generator import EngineConfig
-from mlabatch.models.loading import load_generator
-from mlabatch.models.sampling import SamplingParams
+from mlabatch.models.generation.config import EngineConfig, SamplingParams
+from mlabatch.models.generation.engine import load_generator
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -18,6 +17,6 @@ def test_cuda_graph_decode_equals_eager(tiny_decoder_dir):
         engine = load_generator(tiny_decoder_dir, "cuda", EngineConfig(max_batch=8, num_blocks=32, cuda_graphs=graphs))
         runs[graphs] = [o.token_ids for o in engine.generate(prompts, params)]
         if graphs:
-            assert engine.graphs.error is None and engine.stats.graph_steps == engine.stats.decode_steps > 0
+            assert engine.runner.graphs.error is None and engine.stats.graph_steps == engine.stats.decode_steps > 0
             assert engine.stats.overlapped_steps > 0
     assert runs[True] == runs[False]

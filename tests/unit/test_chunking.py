@@ -1,7 +1,7 @@
 """Token windows: bounded length, overlap, whole words, full coverage, and a cut flagged at max_chunks."""
 from pydoc_data.topics import topics
 
-from mlabatch.models.chunking import split_text
+from mlabatch.models.embedding.chunking import split_text
 
 LONG = topics["class"] + "\n" + topics["for"]
 

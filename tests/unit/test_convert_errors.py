@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mlabatch.models.convert import convert
-from mlabatch.models.mla_config import CalibrationConfig, ConversionError, MLAConfig
+from mlabatch.models.conversion.config import CalibrationConfig, ConversionError, MLAConfig
+from mlabatch.models.conversion.convert import convert
 
 LLAMA = {"model_type": "llama", "hidden_size": 576, "num_hidden_layers": 2, "num_attention_heads": 9,
          "num_key_value_heads": 3, "head_dim": 64}

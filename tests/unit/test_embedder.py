@@ -27,7 +27,7 @@ def _cosine(a, b):
 
 @pytest.mark.parametrize("token_budget", [1, 300, 4096])  # one text per batch, a few, all at once
 def test_matches_sentence_transformers(minilm_dir, reference, token_budget):
-    from mlabatch.models.loading import load_model
+    from mlabatch.models.registry.load import load_model
 
     ours = load_model(minilm_dir, "cpu", token_budget=token_budget).embed(TEXTS)
     assert ours.dtype == np.float32 and ours.shape == (len(TEXTS), 384)
@@ -51,7 +51,7 @@ def test_order_is_kept_despite_length_sorting(embedder):
 
 
 def test_token_budgets_pack_sorted_batches_without_empty_rows():
-    from mlabatch.models.embedder import plan_batches
+    from mlabatch.models.embedding.batching import plan_batches
 
     lengths = [5, 0, 3, 9, 3, 2]
     batches = plan_batches(lengths, token_budget=8)
@@ -60,7 +60,7 @@ def test_token_budgets_pack_sorted_batches_without_empty_rows():
 
 
 def test_text_without_tokens_embeds_to_zeros(minilm_dir):
-    from mlabatch.models.loading import load_model
+    from mlabatch.models.registry.load import load_model
 
     model = load_model(minilm_dir, "cpu")  # its own tokenizer instance: changing it affects no other test
     model.tokenizer.post_processor = None  # no [CLS]/[SEP]: "" now has no tokens at all
@@ -70,7 +70,7 @@ def test_text_without_tokens_embeds_to_zeros(minilm_dir):
 
 
 def test_document_pooling_weights_windows_by_tokens(embedder):
-    from mlabatch.models.chunking import split_text
+    from mlabatch.models.embedding.chunking import split_text
 
     short, long = "A short document.", topics["class"]
     result = embedder.embed_documents([short, long], overlap=16, max_chunks=64)
@@ -85,7 +85,7 @@ def test_document_pooling_weights_windows_by_tokens(embedder):
 
 
 def test_a_failure_on_the_host_threads_reaches_the_caller(minilm_dir):
-    from mlabatch.models.loading import load_model
+    from mlabatch.models.registry.load import load_model
 
     model = load_model(minilm_dir, "cpu")
     with pytest.raises(TypeError):
@@ -96,7 +96,7 @@ def test_background_stage_stops_when_its_consumer_does():
     import threading
     import time
 
-    from mlabatch.models.embedder import in_background
+    from mlabatch.models.embedding.batching import in_background
 
     before = threading.active_count()
     items = in_background(lambda: iter(range(10_000)), depth=2)

@@ -7,10 +7,11 @@ import pytest
 import torch
 from pydoc_data.topics import topics
 
-from mlabatch.models.generator import EngineConfig, Generator
-from mlabatch.models.loading import load_tokenizer
+from mlabatch.models.generation.config import EngineConfig, SamplingParams
+from mlabatch.models.generation.engine import Generator
+from mlabatch.models.generation.sampling import gumbel_noise, sample
 from mlabatch.models.mla_decoder import load_mla_decoder
-from mlabatch.models.sampling import SamplingParams, gumbel_noise, sample
+from mlabatch.models.tokenizer import load_tokenizer
 
 GREEDY = SamplingParams(max_new_tokens=40, ignore_eos=True)
 
@@ -18,8 +19,8 @@ GREEDY = SamplingParams(max_new_tokens=40, ignore_eos=True)
 @pytest.fixture(scope="module")
 def smollm2_mla(smollm2_dir, model_cache_dir):
     """SmolLM2 converted with the exact lift, cached between runs."""
-    from mlabatch.models.convert import convert
-    from mlabatch.models.mla_config import MLAConfig
+    from mlabatch.models.conversion.convert import convert
+    from mlabatch.models.conversion.config import MLAConfig
 
     out = model_cache_dir / "smollm2-mla-exact-v1"
     if not (out / "mla_config.json").is_file():
@@ -85,7 +86,7 @@ def test_more_prompts_than_the_cache_holds_all_finish_exactly(tiny):
     outs = small.generate(prompts, GREEDY)
     assert [o.token_ids for o in outs] == want
     assert small.stats.preemptions >= 1
-    assert small.cache.num_free == 3  # every block came back
+    assert small.blocks.num_free == 3  # every block came back
     assert 2 <= max(small.stats.batch_sizes) <= 3
 
 
@@ -126,7 +127,7 @@ def test_rows_ending_mid_flight_match_running_alone(tiny):
     assert {"eos", "stop", "length"} <= {o.finish_reason for o in batch}
     assert alone[1].generated_tokens == 6 and alone[0].finish_reason == "stop"
     assert engine.stats.overlapped_steps > 0 and max(engine.stats.batch_sizes) == 3
-    assert engine.cache.num_free == engine.cache.num_blocks - 1  # all blocks back but the graphs' scratch block
+    assert engine.blocks.num_free == engine.blocks.num_blocks - 1  # all blocks back but the graphs' scratch block
 
 
 def test_seeds_reproduce_across_batches_and_differ_between_seeds(tiny):

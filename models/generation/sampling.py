@@ -1,4 +1,4 @@
-"""Sampling settings and the batched sampler: greedy, temperature, top-k, top-p, reproducible per-row seeds.
+"""The batched sampler: greedy, temperature, top-k, top-p, reproducible per-row seeds (settings: config.SamplingParams).
 
 Random draws use the Gumbel-max trick with noise from a counter-based hash of (seed, step, token id),
 so a row's tokens depend only on its prompt, its settings and its seed: not on the batch it shares,
@@ -6,44 +6,9 @@ the order rows finish in, a preemption, a retried Spark task, or the device.
 """
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
-
 import torch
 
 _MASK32 = 0xFFFFFFFF
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to continue a prompt; temperature 0 is greedy (top_k, top_p and seed are then unused)."""
-
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_k: int = 0  # 0: no top-k cut
-    top_p: float = 1.0  # 1.0: no nucleus cut
-    seed: int | None = None  # None: a fresh random seed per generate() call
-    stop: tuple[str, ...] = ()  # stop strings; the text ends before the first one
-    ignore_eos: bool = False
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"need temperature >= 0, top_k >= 0 and 0 < top_p <= 1, got {self}")
-        object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
-
-    @property
-    def greedy(self) -> bool:
-        """True when no randomness is involved."""
-        return self.temperature == 0
-
-    def with_seed(self) -> "SamplingParams":
-        """These settings with a concrete seed (a random one when none was given)."""
-        if self.seed is not None:
-            return self
-        return SamplingParams(self.max_new_tokens, self.temperature, self.top_k, self.top_p,
-                              random.getrandbits(31), self.stop, self.ignore_eos)
 
 
 def _mix32(h: torch.Tensor) -> torch.Tensor:

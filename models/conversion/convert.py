@@ -25,12 +25,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from mlabatch.models.calibration import (LayerStats, cache_key, calibration_texts, collect_fed_stats, collect_stats,
-                                         load_stats, save_stats)
-from mlabatch.models.mla_config import (KERNEL_D_ROPE, KERNEL_D_V, MLA_CONFIG_FILE, ConversionError, MLAConfig,
-                                        kernel_dims)
-from mlabatch.models.linalg import eigh_descending
-from mlabatch.models.rope import rope_slots, rorope_mixes, rorope_rotation
+from mlabatch.kernels import SUPPORTED_D_ROPE, SUPPORTED_D_V, kernel_dims
+from mlabatch.models.conversion.calibration import (LayerStats, cache_key, calibration_texts, collect_fed_stats,
+                                                    collect_stats, load_stats, save_stats)
+from mlabatch.models.conversion.config import ConversionError, MLAConfig
+from mlabatch.models.conversion.linalg import eigh_descending
+from mlabatch.models.conversion.rorope import rope_slots, rorope_mixes, rorope_rotation
+from mlabatch.models.mla_config import MLAModelConfig
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ def resolve_widths(shape: SourceShape, config: MLAConfig) -> tuple[int, int]:
                               f"choose 1 <= d_c <= {exact}")
     if ARCHITECTURES[shape.arch].kind == "decoder" and kernel_dims(d_c, d_rope) is None:
         raise ConversionError(f"d_c={d_c}, d_rope={d_rope} is not supported by the decode kernel: it needs d_c in "
-                              f"{KERNEL_D_V} with d_rope in {KERNEL_D_ROPE}, or d_c + d_rope in {KERNEL_D_V}")
+                              f"{SUPPORTED_D_V} with d_rope in {SUPPORTED_D_ROPE}, or d_c + d_rope in {SUPPORTED_D_V}")
     return d_c, d_rope
 
 
@@ -360,16 +361,13 @@ def convert(hf_dir: str | Path, config: MLAConfig, out_dir: str | Path, stats_ca
         if fed is not None:
             _load_encoder_attention(fed, arch, i, attn)
         weights.update({f"layers.{i}.attn.{k}": v for k, v in attn.items()})
-    runtime = {"architecture": shape.arch, "kind": arch.kind, "d_c": d_c, "d_rope": d_rope,
-               "n_heads": shape.n_heads, "n_kv_heads": shape.n_kv_heads, "head_dim": shape.head_dim,
-               "has_nope": d_rope < shape.n_kv_heads * shape.head_dim if shape.has_rope else True,
-               "kv_values_per_token_before": shape.kv_values_per_token, "kv_values_per_token_after": d_c + d_rope}
+    decoder = {}
     if arch.kind == "decoder":
-        rotary = model.model.rotary_emb
         weights["rope_inv_freq"] = inv_freq.float()
-        runtime["rope_scaling"] = float(getattr(rotary, "attention_scaling", 1.0))
-        runtime["tie_word_embeddings"] = bool(model.config.tie_word_embeddings)
-        runtime["kernel_head_dim_v"], runtime["kernel_d_rope"] = kernel_dims(d_c, d_rope)
+        kernel_head_dim_v, kernel_d_rope = kernel_dims(d_c, d_rope)
+        decoder = {"rope_scaling": float(getattr(model.model.rotary_emb, "attention_scaling", 1.0)),
+                   "tie_word_embeddings": bool(model.config.tie_word_embeddings),
+                   "kernel_head_dim_v": kernel_head_dim_v, "kernel_d_rope": kernel_d_rope}
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     for name in _COPY:
@@ -377,7 +375,12 @@ def convert(hf_dir: str | Path, config: MLAConfig, out_dir: str | Path, stats_ca
             shutil.copy2(hf_dir / name, out_dir / name)
     if (hf_dir / "1_Pooling").is_dir():
         shutil.copytree(hf_dir / "1_Pooling", out_dir / "1_Pooling", dirs_exist_ok=True)
-    runtime["conversion"] = {**config.to_dict(), "source": str(hf_dir.resolve()),
-                             "seconds": round(time.perf_counter() - started, 3)}
-    (out_dir / MLA_CONFIG_FILE).write_text(json.dumps(runtime, indent=2) + "\n")
+    MLAModelConfig(
+        architecture=shape.arch, kind=arch.kind, d_c=d_c, d_rope=d_rope, n_heads=shape.n_heads,
+        n_kv_heads=shape.n_kv_heads, head_dim=shape.head_dim,
+        has_nope=d_rope < shape.n_kv_heads * shape.head_dim if shape.has_rope else True,
+        kv_values_per_token_before=shape.kv_values_per_token, kv_values_per_token_after=d_c + d_rope,
+        conversion={**config.to_dict(), "source": str(hf_dir.resolve()),
+                    "seconds": round(time.perf_counter() - started, 3)},
+        **decoder).write(out_dir)
     return out_dir

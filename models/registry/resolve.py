@@ -1,20 +1,13 @@
-"""Find a model from a URI and load it: `models:/name@alias` (MLflow / Unity Catalog), or a directory.
+"""Pin a model URI to a local directory and a version: `models:/name@alias` (MLflow / Unity Catalog) or a directory.
 
-`resolve_model` runs once on the driver (it also fixes the model version that incremental runs key
-on); `load_model` runs wherever the model is used.
+The one place URIs are resolved: jobs resolve once (the version keys incremental runs), workers and
+`registry.load` resolve what they are handed; the engines themselves take directories.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from tokenizers import Tokenizer
-
-from mlabatch.models.embedder import Embedder, PoolingConfig, pick_device
-from mlabatch.models.packed_encoder import PackedEncoder, packed_from_hf_bert, packed_from_mla_encoder
 
 MLFLOW_ARTIFACT = "model_dir"  # name of the weights directory inside a logged mlabatch pyfunc
 
@@ -66,6 +59,12 @@ def resolve_model(uri: str) -> ResolvedModel:
     return ResolvedModel(uri=uri, local_dir=model_dir, version=_dir_version(model_dir))
 
 
+def local_dir(ref: str | Path) -> Path:
+    """A model directory for `ref`: `ref` itself when it is a directory, else the registry model it names."""
+    path = Path(ref)
+    return path if path.is_dir() else resolve_model(str(ref)).local_dir
+
+
 def _resolve_mlflow(uri: str) -> ResolvedModel:
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -97,51 +96,3 @@ def _weights_dir(model_root: Path, uri: str) -> Path:
     if MLFLOW_ARTIFACT not in artifacts:
         raise ModelNotFoundError(f"{uri} is not an mlabatch model (its pyfunc has no {MLFLOW_ARTIFACT!r} artifact)")
     return model_root / artifacts[MLFLOW_ARTIFACT]["path"]
-
-
-SUPPORTED_ENCODERS = ("bert", "MLA-converted bert")
-
-
-def _load_encoder(model_dir: Path, device: torch.device) -> PackedEncoder:
-    """The packed encoder: ours for MLA-converted models, else built on the Hugging Face BertModel."""
-    if (model_dir / "mla_config.json").exists():
-        from mlabatch.models.mla_encoder import load_mla_encoder
-
-        return packed_from_mla_encoder(load_mla_encoder(model_dir, device))
-    model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
-    if model_type != "bert":
-        raise ValueError(f"{model_dir} is a {model_type!r} model; the embedder supports {SUPPORTED_ENCODERS}")
-    from transformers import BertModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    model = BertModel.from_pretrained(model_dir, dtype=torch.float32)
-    encoder = packed_from_hf_bert(model).to(device).eval()
-    return encoder.half() if device.type == "cuda" else encoder
-
-
-def load_tokenizer(model_dir: Path) -> Tokenizer:
-    """The fast tokenizer of a model directory, with any fixed padding from tokenizer.json removed."""
-    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    tokenizer.no_padding()  # the embedder pads per batch
-    return tokenizer
-
-
-def load_model(uri: str | Path, device: str | torch.device = "auto", token_budget: int | None = None) -> Embedder:
-    """Load an embedder from a URI or a resolved local directory onto `device`."""
-    model_dir = Path(uri) if Path(uri).is_dir() else resolve_model(str(uri)).local_dir
-    target = pick_device(device)
-    return Embedder(_load_encoder(model_dir, target), load_tokenizer(model_dir), PoolingConfig.from_dir(model_dir),
-                    target, token_budget=token_budget)
-
-
-def load_generator(uri: str | Path, device: str | torch.device = "auto", config=None):
-    """Load a generation engine for an MLA-converted decoder (bf16 on GPU, float32 on CPU); `config` an EngineConfig."""
-    from mlabatch.models.generator import EngineConfig, Generator
-    from mlabatch.models.mla_decoder import load_mla_decoder
-
-    model_dir = Path(uri) if Path(uri).is_dir() else resolve_model(str(uri)).local_dir
-    target = pick_device(device)
-    dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
-    return Generator(load_mla_decoder(model_dir, target, dtype), load_tokenizer(model_dir), model_dir,
-                     config or EngineConfig())

@@ -1,14 +1,14 @@
 """CUDA graphs of the decode step, one per batch-size bucket (1, 2, 4, ... max_batch), captured at start-up.
 
 A batch of b rows replays the smallest bucket >= b; the padding rows write their latent row to a
-scratch block that no sequence owns and attend over it, so they never touch real cache rows. All
+scratch page that no sequence owns and attend over it, so they never touch real cache rows. All
 buckets share one memory pool. If a capture fails the engine stays eager (`error` says why).
 """
 from __future__ import annotations
 
 import torch
 
-from mlabatch.models.mla_decoder import MLADecoder
+from mlabatch.models.mla_decoder import DecodeInputs, MLADecoder
 
 
 def buckets(max_batch: int) -> list[int]:
@@ -28,8 +28,13 @@ class DecodeGraphs:
         self.model, self.kv = model, kv
         self.sizes = buckets(max_batch)
         device = kv.device
-        self.step = torch.zeros(5, max_batch, dtype=torch.long, device=device)
-        self.table = torch.zeros(max_batch, table_width, dtype=torch.int32, device=device)
+        self.tokens = torch.zeros(max_batch, dtype=torch.long, device=device)
+        self.inputs = DecodeInputs(
+            positions=torch.zeros(max_batch, dtype=torch.long, device=device),
+            slot_blocks=torch.zeros(max_batch, dtype=torch.long, device=device),
+            slot_offsets=torch.zeros(max_batch, dtype=torch.long, device=device),
+            seqlens=torch.zeros(max_batch, dtype=torch.int32, device=device),
+            block_table=torch.zeros(max_batch, table_width, dtype=torch.int32, device=device))
         self.scratch = scratch_block
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self.pool = None
@@ -39,17 +44,21 @@ class DecodeGraphs:
         """Whether a graph can run this batch size."""
         return self.error is None and batch <= self.sizes[-1]
 
+    def _rows(self, size: int) -> DecodeInputs:
+        return DecodeInputs(*(t[:size] for t in self.inputs))
+
     def _pad(self, b: int, size: int) -> None:
-        """Padding rows: token 0 at position 0 into scratch offset 0, attending over that one row."""
-        self.step[:, b:size] = 0
-        self.step[2, b:size] = self.scratch
-        self.step[4, b:size] = 1
-        self.table[b:size] = self.scratch
+        """Padding rows: token 0 at position 0 into scratch row 0, attending over that one row."""
+        self.tokens[b:size] = 0
+        self.inputs.positions[b:size] = 0
+        self.inputs.slot_blocks[b:size] = self.scratch
+        self.inputs.slot_offsets[b:size] = 0
+        self.inputs.seqlens[b:size] = 1
+        self.inputs.block_table[b:size] = self.scratch
 
     def _capture(self, size: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
         self._pad(0, size)
-        args = (self.step[0, :size], self.step[1, :size], (self.step[2, :size], self.step[3, :size]),
-                self.table[:size], self.step[4, :size].int(), self.kv)
+        args = (self.tokens[:size], self._rows(size), self.kv)
         stream = torch.cuda.Stream(self.kv.device)
         stream.wait_stream(torch.cuda.current_stream(self.kv.device))
         with torch.cuda.stream(stream):
@@ -59,10 +68,7 @@ class DecodeGraphs:
         graph = torch.cuda.CUDAGraph()
         self.pool = self.pool or torch.cuda.graph_pool_handle()
         with torch.cuda.graph(graph, pool=self.pool):
-            seqlens = self.step[4, :size].int()
-            logits = self.model.decode_batch(self.step[0, :size], self.step[1, :size],
-                                             (self.step[2, :size], self.step[3, :size]), self.table[:size],
-                                             seqlens, self.kv)
+            logits = self.model.decode_batch(*args)
             greedy = logits.argmax(-1)
         return graph, logits, greedy
 
@@ -75,18 +81,19 @@ class DecodeGraphs:
                 self.error = f"CUDA graph capture failed at batch {size}: {err}"
                 return
 
-    def run(self, tokens: torch.Tensor, step: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(self, tokens: torch.Tensor, inputs: DecodeInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [b, vocab], argmax tokens [b]) of one decode step; only when `fits(b)`.
 
-        `tokens` long [b] on the device; `step` long [4, b]: positions, slot blocks, slot offsets, seqlens;
-        `table` int32 [b, width]. The outputs are the graph's buffers, overwritten by the next replay.
+        The outputs are the graph's buffers, overwritten by the next replay.
         """
-        b = step.shape[1]
+        b = tokens.shape[0]
         size = next(s for s in self.sizes if s >= b)
-        self.step[0, :b] = tokens
-        self.step[1:, :b] = step
-        self.table[:b, : table.shape[1]] = table
-        self.table[:b, table.shape[1]:] = 0
+        self.tokens[:b] = tokens
+        for static, given in zip(self.inputs[:-1], inputs[:-1]):
+            static[:b] = given
+        width = inputs.block_table.shape[1]
+        self.inputs.block_table[:b, :width] = inputs.block_table
+        self.inputs.block_table[:b, width:] = 0
         self._pad(b, size)
         graph, logits, greedy = self.graphs[size]
         graph.replay()

@@ -8,14 +8,15 @@ from __future__ import annotations
 import mlflow
 import pandas as pd
 
-from mlabatch.models.loading import MLFLOW_ARTIFACT, load_model
+from mlabatch.models.embedding.engine import load_embedder
+from mlabatch.models.registry.resolve import MLFLOW_ARTIFACT
 
 
 class EmbedderModel(mlflow.pyfunc.PythonModel):
     """Loads the weights artifact once; predict embeds the `text` column."""
 
     def load_context(self, context) -> None:
-        self.embedder = load_model(context.artifacts[MLFLOW_ARTIFACT])
+        self.embedder = load_embedder(context.artifacts[MLFLOW_ARTIFACT])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         texts = model_input["text"].fillna("").astype(str).tolist()

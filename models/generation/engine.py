@@ -1,8 +1,9 @@
 """The batch generation engine: prompts in, continuations out, on an MLA decoder and its paged latent cache.
 
-Each loop iteration admits waiting prompts (prefill, batched by a token budget), then runs one decode
-step for the whole running batch: one `flash_mla_with_kvcache` call per layer, replayed from a CUDA
-graph on GPU when the batch fits a captured bucket. Finished sequences free their blocks at once, so
+Each loop iteration admits waiting prompts (`scheduler`; prefill batched by a token budget), then runs
+one decode step for the whole running batch (`model_runner`): one `flash_mla_with_kvcache` call per
+layer, replayed from a CUDA graph on GPU when the batch fits a captured bucket. Finished sequences free
+their pages at once, so
 new prompts join while others are still decoding (continuous batching). While the device runs a step,
 the host already queues the next one (its input tokens never leave the device) and only then reads the
 step's tokens back, so the host's bookkeeping overlaps the device's work; a row that ends by EOS or a
@@ -19,30 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence as Seq
 
-import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from mlabatch.models.decode_graphs import DecodeGraphs
-from mlabatch.models.gen_scheduler import Scheduler, Sequence
-from mlabatch.models.mla_decoder import MLADecoder
-from mlabatch.models.paged_cache import BLOCK
-from mlabatch.models.sampling import SamplingParams, sample
-
-CPU_BLOCKS = 256  # default pool on CPU: 16k tokens
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Engine sizing: the pool is `num_blocks` pages, or on GPU `memory_fraction` of free memory."""
-
-    max_batch: int = 256
-    prefill_token_budget: int = 8192
-    num_blocks: int | None = None
-    memory_fraction: float = 0.5
-    max_context: int | None = None  # None: the model's max_position_embeddings (capped by the pool)
-    cuda_graphs: bool = True
-    chat_template: bool = False  # wrap each text prompt as one user message in the model's chat template
+from mlabatch.models.device import pick_device
+from mlabatch.models.generation.block_manager import BLOCK, BlockManager
+from mlabatch.models.generation.config import EngineConfig, SamplingParams
+from mlabatch.models.generation.kv_cache import allocate_kv_cache, pool_blocks
+from mlabatch.models.generation.model_runner import ModelRunner
+from mlabatch.models.generation.scheduler import DecodePlan, Scheduler
+from mlabatch.models.generation.sequence import Sequence
+from mlabatch.models.mla_decoder import MLADecoder, load_mla_decoder
+from mlabatch.models.tokenizer import load_tokenizer
 
 
 @dataclass
@@ -70,11 +59,6 @@ class EngineStats:
     seconds: float = 0.0
     prefill_seconds: float = 0.0  # wall time inside prefill (the rest of `seconds` is decode and bookkeeping)
     batch_sizes: list[int] = field(default_factory=list)
-
-
-def _pinned(t: torch.Tensor) -> torch.Tensor:
-    """Page-locked copy of a host tensor (so its upload is asynchronous), where CUDA is present."""
-    return t.pin_memory() if torch.cuda.is_available() else t
 
 
 class _Launched:
@@ -105,18 +89,6 @@ def eos_ids(model_dir: Path) -> set[int]:
     return set()
 
 
-def pool_blocks(model: MLADecoder, config: EngineConfig) -> int:
-    """Blocks for the pool: the configured count, or a fraction of free GPU memory, or CPU_BLOCKS."""
-    if config.num_blocks is not None:
-        return config.num_blocks
-    p = model.embed_tokens.weight
-    if p.device.type != "cuda":
-        return CPU_BLOCKS
-    free, _ = torch.cuda.mem_get_info(p.device)
-    per_block = len(model.layers) * BLOCK * model.cache_width * p.element_size()
-    return max(int(free * config.memory_fraction) // per_block, 2)
-
-
 class Generator:
     """Continues prompts with an MLA decoder; create once per device and reuse (the pool is allocated once)."""
 
@@ -125,22 +97,14 @@ class Generator:
         self.model, self.tokenizer, self.model_dir, self.config = model, tokenizer, Path(model_dir), config
         self.device = model.embed_tokens.weight.device
         self.eos = eos_ids(self.model_dir)
-        self.cache = model.new_cache(pool_blocks(model, config))
-        self.scratch = self.cache.add()  # one block that padded graph rows may write to
-        self.cache.grow(self.scratch, 1)
-        model_ctx = json.loads((self.model_dir / "config.json").read_text()).get("max_position_embeddings", 1 << 20)
-        self.max_context = min(config.max_context or model_ctx, model_ctx, self.cache.num_free * BLOCK)
-        self.table_width = -(-self.max_context // BLOCK)
-        use_graphs = config.cuda_graphs and self.device.type == "cuda"
-        self.graphs = DecodeGraphs(model, self.cache.kv, config.max_batch, self.table_width,
-                                   self.cache.blocks(self.scratch)[0]) if use_graphs else None
-        if self.graphs is not None:
-            self.graphs.capture()
+        num_blocks = pool_blocks(model, config)
+        self.blocks = BlockManager(num_blocks)
+        scratch = self.blocks.take()  # one page that padded graph rows may write to
+        self.max_context = min(model.max_positions, self.blocks.num_free * BLOCK)
+        self.runner = ModelRunner(model, allocate_kv_cache(model, num_blocks), config.max_batch, self.max_context,
+                                  scratch, config.cuda_graphs)
         self.stats = EngineStats()
         self._chat = None
-        self._rows: list[Sequence] = []
-        self._row_of: dict[int, int] = {}
-        self._table = np.zeros((0, self.table_width), dtype=np.int32)
 
     # ---- prompts ----
     def _encode(self, prompt: str | list[int]) -> list[int]:
@@ -167,7 +131,7 @@ class Generator:
             raise ValueError(f"prompt {index} has no tokens")
         keep = self.max_context - 1  # room for at least one new token
         truncated = len(ids) > keep
-        return Sequence(index, ids[-keep:] if truncated else ids, params.with_seed(), self.max_context, truncated)
+        return Sequence(index, ids[-keep:] if truncated else ids, params, self.max_context, truncated)
 
     # ---- the loop ----
     @torch.no_grad()
@@ -179,9 +143,10 @@ class Generator:
         if len(per_row) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(per_row)} sampling settings")
         seqs = [self._sequence(i, p, s) for i, p, s in zip(range(len(prompts)), prompts, per_row)]
-        sched = Scheduler(self.cache, self.config.max_batch, self.config.prefill_token_budget)
+        sched = Scheduler(self.blocks, self.config.max_batch, self.config.prefill_token_budget)
         sched.add(seqs)
         self.stats = EngineStats(prompt_tokens=sum(len(s.prompt) for s in seqs))
+        graph_steps = self.runner.graph_steps
         pending: _Launched | None = None
         while pending is not None or not sched.done:
             # The next step goes to the device before this one's tokens are read, so the host's
@@ -195,11 +160,11 @@ class Generator:
                 self._prefill(sched)
                 self.stats.prefill_seconds += time.perf_counter() - tick
                 if sched.running:
-                    sched.reserve_decode_slots()
-                    rows = list(sched.running)
-                    tokens = torch.tensor([s.generated[-1] for s in rows]).to(self.device, non_blocking=True)
-                    pending = self._launch(rows, sched.grown, tokens, lag=0)
+                    plan = sched.plan()
+                    tokens = torch.tensor([s.generated[-1] for s in plan.rows]).to(self.device, non_blocking=True)
+                    pending = self._launch(plan, tokens, lag=0)
         self.stats.preemptions = sched.preemptions
+        self.stats.graph_steps = self.runner.graph_steps - graph_steps
         self.stats.generated_tokens = sum(len(s.generated) for s in seqs)
         self.stats.seconds = time.perf_counter() - started
         return [self._output(s) for s in seqs]
@@ -208,13 +173,11 @@ class Generator:
         admitted = sched.admit()
         if not admitted:
             return
-        cache_ids, logits = self.model.prefill([s.prefill_ids() for s in admitted], self.cache)
+        logits = self.runner.prefill(admitted)
         fresh = [i for i, s in enumerate(admitted) if not s.generated]  # recomputed ones already hold their token
-        for seq, cache_id in zip(admitted, cache_ids):
-            sched.start(seq, cache_id)
         if fresh:
             rows = [admitted[i] for i in fresh]
-            self._accept(sched, rows, self._sample(logits[fresh], rows, lag=0).tolist())
+            self._accept(sched, rows, self.runner.sample(logits[fresh], rows, lag=0).tolist())
 
     def _continue(self, sched: Scheduler, pending: _Launched) -> _Launched | None:
         """Launch the step after `pending` for its rows that surely go on, or None when the loop must pause.
@@ -224,68 +187,34 @@ class Generator:
         """
         keep = [r for r, s in enumerate(pending.rows) if s.finish_reason is None and not self._last_token(s)]
         rows = [pending.rows[r] for r in keep]
-        if not rows or sched.can_admit(len(rows)) or not sched.try_reserve(rows):
+        if not rows or sched.can_admit(len(rows)):
+            return None
+        plan = sched.try_plan(rows)
+        if plan is None:
             return None
         tokens = pending.tokens
         if len(rows) != len(pending.rows):
             tokens = tokens.index_select(0, torch.tensor(keep).to(self.device, non_blocking=True))
         self.stats.overlapped_steps += 1
-        return self._launch(rows, sched.grown, tokens, lag=1)
+        return self._launch(plan, tokens, lag=1)
 
     def _last_token(self, seq: Sequence) -> bool:
         """Whether the token in flight is `seq`'s last for length or context reasons."""
         return len(seq.generated) + 1 >= seq.params.max_new_tokens or seq.total + 1 >= seq.max_len
 
-    def _launch(self, rows: list[Sequence], grown: list[Sequence], tokens: torch.Tensor, lag: int) -> _Launched:
-        """Queue one decode step of `rows` (input `tokens` [b] on the device) and its sampling."""
-        table = self._block_table(rows, grown)
-        lengths = np.array([self.cache.length(s.cache_id) for s in rows], dtype=np.int64)
-        pos = lengths - 1
-        step = np.stack([pos, table[np.arange(len(rows)), pos // BLOCK], pos % BLOCK, lengths])
-        step = _pinned(torch.from_numpy(step)).to(self.device, non_blocking=True)
-        block_table = _pinned(torch.from_numpy(table)).to(self.device, non_blocking=True)
-        if self.graphs is not None and self.graphs.fits(len(rows)):
-            out = self.graphs.run(tokens, step, block_table)
-            self.stats.graph_steps += 1
-        else:
-            width = int(max(len(self.cache.blocks(s.cache_id)) for s in rows))
-            logits = self.model.decode_batch(tokens, step[0], (step[1], step[2]), block_table[:, :width],
-                                             step[3].int(), self.cache.kv)
-            out = logits, logits.argmax(-1)
-        logits, greedy = out
+    def _launch(self, plan: DecodePlan, tokens: torch.Tensor, lag: int) -> _Launched:
+        """Queue one decode step of the plan (input `tokens` [b] on the device) and its sampling."""
+        logits, greedy = self.runner.decode(plan, tokens)
         self.stats.decode_steps += 1
-        self.stats.batch_sizes.append(len(rows))
-        sampled = greedy.clone() if all(s.params.greedy for s in rows) else self._sample(logits, rows, lag)
-        return _Launched(rows, sampled)
+        self.stats.batch_sizes.append(len(plan.rows))
+        greedy_rows = all(s.params.greedy for s in plan.rows)
+        return _Launched(plan.rows, greedy.clone() if greedy_rows else self.runner.sample(logits, plan.rows, lag))
 
     def _read(self, sched: Scheduler, step: _Launched) -> None:
         """Wait for a launched step's tokens and accept them (rows that ended meanwhile drop theirs)."""
         rows, tokens = step.rows, step.host_tokens()
         live = [i for i, s in enumerate(rows) if s.finish_reason is None]
         self._accept(sched, [rows[i] for i in live], [tokens[i] for i in live])
-
-    def _block_table(self, rows: list[Sequence], grown: list[Sequence]) -> np.ndarray:
-        """int32 [b, table_width] block ids of `rows`: last step's table plus new blocks, rebuilt when rows change."""
-        if rows != self._rows:  # identity comparison (Sequence has eq=False)
-            self._rows, self._row_of = rows, {id(s): r for r, s in enumerate(rows)}
-            self._table = np.zeros((len(rows), self.table_width), dtype=np.int32)
-            for r, s in enumerate(rows):
-                blocks = self.cache.blocks(s.cache_id)
-                self._table[r, : len(blocks)] = blocks
-            return self._table
-        for s in grown:
-            blocks = self.cache.blocks(s.cache_id)
-            self._table[self._row_of[id(s)], len(blocks) - 1] = blocks[-1]
-        return self._table
-
-    def _sample(self, logits: torch.Tensor, rows: list[Sequence], lag: int) -> torch.Tensor:
-        """Next tokens [b] on the device; `lag` tokens of each row are still in flight (count toward its step)."""
-        if all(s.params.greedy for s in rows):
-            return logits.argmax(-1)
-        floats = _pinned(torch.tensor([[s.params.temperature, s.params.top_p] for s in rows], dtype=torch.float32))
-        ints = _pinned(torch.tensor([[s.params.top_k, s.params.seed, len(s.generated) + lag] for s in rows]))
-        floats, ints = floats.to(logits.device, non_blocking=True), ints.to(logits.device, non_blocking=True)
-        return sample(logits, floats[:, 0], ints[:, 0], floats[:, 1], ints[:, 1], ints[:, 2])
 
     def _accept(self, sched: Scheduler, rows: list[Sequence], tokens: list[int]) -> None:
         """Append each row's new token and end the rows that are done."""
@@ -316,3 +245,11 @@ class Generator:
             text = text[: min((i for i in (text.find(s) for s in seq.params.stop) if i >= 0), default=len(text))]
         return Output(text, list(seq.generated), len(seq.prompt), len(seq.generated), seq.finish_reason or "length",
                       seq.truncated)
+
+
+def load_generator(model_dir: str | Path, device: str | torch.device = "auto",
+                   config: EngineConfig = EngineConfig()) -> Generator:
+    """A generation engine for a converted decoder directory (bf16 on GPU, float32 on CPU)."""
+    model_dir, target = Path(model_dir), pick_device(device)
+    dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+    return Generator(load_mla_decoder(model_dir, target, dtype), load_tokenizer(model_dir), model_dir, config)

@@ -1,8 +1,8 @@
 """Fidelity report of a converted model against its source, on held-out text: what MLA cost and saved.
 
 Encoders: cosine of mean-pooled, normalized embeddings (mean, p1, min). Decoders: perplexity of both,
-top-1 next-token agreement, and agreement of greedy continuations (converted side through the paged,
-absorbed decode path). Both: KV values per token per layer and KV bytes per token (all layers, 16-bit)
+top-1 next-token agreement, and agreement of greedy continuations (converted side through the generation
+engine itself, eager: the paged, absorbed decode path that jobs run). Both: KV values per token per layer and KV bytes per token (all layers, 16-bit)
 before and after, and seconds taken.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mlabatch.models.calibration import heldout_texts
-from mlabatch.models.mla_config import MLA_CONFIG_FILE
+from mlabatch.models.conversion.calibration import heldout_texts
+from mlabatch.models.mla_config import MLAModelConfig
 
 KV_BYTES = 2  # bf16/fp16 cache entries
 
@@ -54,11 +54,13 @@ def decoder_fidelity(src_dir: Path, mla_dir: Path, num_texts: int, max_tokens: i
     """Perplexities, top-1 agreement and greedy-continuation agreement of converted vs source decoder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mlabatch.models.mla_decoder import load_mla_decoder
+    from mlabatch.models.generation.config import EngineConfig, SamplingParams
+    from mlabatch.models.generation.engine import load_generator
 
     tok = AutoTokenizer.from_pretrained(src_dir)
     src = AutoModelForCausalLM.from_pretrained(src_dir, dtype=torch.float32).eval()
-    mla = load_mla_decoder(mla_dir, "cpu")
+    engine = load_generator(mla_dir, "cpu", EngineConfig(cuda_graphs=False))
+    mla = engine.model
     texts = heldout_texts(max(num_texts, greedy_prompts))
     nll_src = nll_mla = agree = n = 0.0
     for text in texts[:num_texts]:
@@ -71,7 +73,7 @@ def decoder_fidelity(src_dir: Path, mla_dir: Path, num_texts: int, max_tokens: i
     prompts = [tok(t, return_tensors="pt")["input_ids"][0, :32].tolist() for t in texts[:greedy_prompts]]
     ref = [src.generate(torch.tensor([p]), max_new_tokens=greedy_tokens, min_new_tokens=greedy_tokens,
                         do_sample=False)[0, len(p):].tolist() for p in prompts]
-    got = greedy_mla(mla, prompts, greedy_tokens)
+    got = [o.token_ids for o in engine.generate(prompts, SamplingParams(max_new_tokens=greedy_tokens, ignore_eos=True))]
     prefix = [next((i for i, (x, y) in enumerate(zip(r, g)) if x != y), greedy_tokens) for r, g in zip(ref, got)]
     ppl_src, ppl_mla = float(torch.tensor(nll_src / n).exp()), float(torch.tensor(nll_mla / n).exp())
     return {"n_texts": num_texts, "n_tokens": int(n), "ppl_original": ppl_src, "ppl_converted": ppl_mla,
@@ -80,36 +82,21 @@ def decoder_fidelity(src_dir: Path, mla_dir: Path, num_texts: int, max_tokens: i
             "greedy_identical": sum(p == greedy_tokens for p in prefix) / len(prompts)}
 
 
-def greedy_mla(model, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
-    """Greedy continuations of `prompts` through prefill and the paged absorbed decode steps."""
-    blocks = sum(-(-(len(p) + new_tokens) // 64) for p in prompts)
-    cache = model.new_cache(blocks)
-    seqs, logits = model.prefill(prompts, cache)
-    out = [[] for _ in prompts]
-    for step in range(new_tokens):
-        tokens = logits.argmax(-1)
-        for row, t in zip(out, tokens.tolist()):
-            row.append(t)
-        if step + 1 < new_tokens:
-            logits = model.decode_step(seqs, tokens, cache)
-    return out
-
-
 def fidelity_report(src_dir: str | Path, mla_dir: str | Path, num_texts: int = 16, max_tokens: int = 256,
                     greedy_prompts: int = 4, greedy_tokens: int = 32) -> dict:
     """JSON-ready report for a directory written by `convert` against its source directory."""
     started = time.perf_counter()
     src_dir, mla_dir = Path(src_dir), Path(mla_dir)
-    mla = json.loads((mla_dir / MLA_CONFIG_FILE).read_text())
+    mla = MLAModelConfig.read(mla_dir)
     layers = json.loads((mla_dir / "config.json").read_text())["num_hidden_layers"]
-    report = {"model": src_dir.name, "architecture": mla["architecture"], "method": mla["conversion"]["method"],
-              "d_c": mla["d_c"], "d_rope": mla["d_rope"],
-              "kv_values_per_token_before": mla["kv_values_per_token_before"],
-              "kv_values_per_token_after": mla["kv_values_per_token_after"],
-              "kv_bytes_per_token_before": mla["kv_values_per_token_before"] * layers * KV_BYTES,
-              "kv_bytes_per_token_after": mla["kv_values_per_token_after"] * layers * KV_BYTES,
-              "calibration": mla["conversion"]["calibration"], "conversion_seconds": mla["conversion"]["seconds"]}
-    if mla["kind"] == "encoder":
+    report = {"model": src_dir.name, "architecture": mla.architecture, "method": mla.conversion["method"],
+              "d_c": mla.d_c, "d_rope": mla.d_rope,
+              "kv_values_per_token_before": mla.kv_values_per_token_before,
+              "kv_values_per_token_after": mla.kv_values_per_token_after,
+              "kv_bytes_per_token_before": mla.kv_values_per_token_before * layers * KV_BYTES,
+              "kv_bytes_per_token_after": mla.kv_values_per_token_after * layers * KV_BYTES,
+              "calibration": mla.conversion["calibration"], "conversion_seconds": mla.conversion["seconds"]}
+    if mla.kind == "encoder":
         report.update(encoder_fidelity(src_dir, mla_dir, num_texts, max_tokens))
     else:
         report.update(decoder_fidelity(src_dir, mla_dir, num_texts, max_tokens, greedy_prompts, greedy_tokens))

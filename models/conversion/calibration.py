@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mlabatch.models.linalg import one_thread
-from mlabatch.models.mla_config import CalibrationConfig, ConversionError
+from mlabatch.models.conversion.config import CalibrationConfig, ConversionError
+from mlabatch.models.conversion.linalg import one_thread
 
 HELD_OUT_EVERY = 4  # every 4th topic (sorted by name) is held out for evaluation
 STATS_VERSION = 2  # bump when LayerStats changes, so cached statistics of another layout are not read

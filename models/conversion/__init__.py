@@ -1,0 +1,1 @@
+"""Offline Hugging Face -> MLA conversion: settings, convert, calibration, RoRoPE, fidelity report."""

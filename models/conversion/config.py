@@ -1,0 +1,57 @@
+"""Conversion settings (MLAConfig, CalibrationConfig) and the error raised for requests that cannot be honoured.
+
+A converted layer caches, per token, one latent row `[c (d_c) ; k_rope (d_rope)]` shared by all heads.
+`d_rope` is 0 for models with learned positions, a multiple of head_dim for RoPE models: head_dim is
+RoRoPE (one shared RoPE key), n_kv_heads * head_dim keeps every RoPE'd key exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+METHODS = ("exact", "svd", "pca")
+
+
+class ConversionError(ValueError):
+    """A conversion request that cannot be honoured; the message names what is supported."""
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Which text calibrates PCA: `texts_file` (one text per line) or, if None, Python's bundled docs.
+
+    `max_tokens` also sets the context span that a RoPE model's RoPE slots are chosen for (`rorope.rope_slots`).
+    """
+
+    num_texts: int = 32
+    max_tokens: int = 256
+    texts_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_texts < 1 or self.max_tokens < 8:
+            raise ConversionError(f"calibration needs num_texts >= 1 and max_tokens >= 8, got {self}")
+
+
+@dataclass(frozen=True)
+class MLAConfig:
+    """What to convert to: latent width d_c, RoPE key width d_rope, method; None widths mean exact."""
+
+    d_c: int | None = None
+    d_rope: int | None = None
+    method: str = "pca"
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConversionError(f"method {self.method!r} is not one of {METHODS}")
+        if self.method != "exact" and self.d_c is None:
+            raise ConversionError(f"method {self.method!r} needs d_c; only 'exact' derives it")
+        if self.calibration.texts_file is not None and not Path(self.calibration.texts_file).is_file():
+            raise ConversionError(f"calibration file {self.calibration.texts_file} does not exist")
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (paths as strings)."""
+        out = asdict(self)
+        tf = out["calibration"]["texts_file"]
+        out["calibration"]["texts_file"] = None if tf is None else str(tf)
+        return out

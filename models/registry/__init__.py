@@ -1,0 +1,1 @@
+"""The MLflow face of the models: resolve a URI once, load, register, the pyfuncs, the bundled models."""
