@@ -48,22 +48,23 @@ class _Arch:
     drop: str  # regex of source weights the runtime does not use
 
 
+def _per_layer(prefix: str, names: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """Renames of per-layer weights: `{prefix}.{i}.{theirs}.*` -> `layers.{i}.{ours}.*`."""
+    return tuple((rf"^{re.escape(prefix)}\.(\d+)\.{re.escape(theirs)}\.", rf"layers.\1.{ours}.")
+                 for theirs, ours in names.items())
+
+
 _BERT = _Arch(
     "encoder", "encoder.layer.{i}.", "attention.self.query", "attention.self.key", "attention.self.value",
     "attention.output.dense",
-    ((r"^encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.", r"layers.\1.attn_norm."),
-     (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"layers.\1.ffn_in."),
-     (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"layers.\1.ffn_out."),
-     (r"^encoder\.layer\.(\d+)\.output\.LayerNorm\.", r"layers.\1.ffn_norm."),
-     (r"^(embeddings\.)", r"\1")),
+    _per_layer("encoder.layer", {"attention.output.LayerNorm": "attn_norm", "intermediate.dense": "ffn_in",
+                                 "output.dense": "ffn_out", "output.LayerNorm": "ffn_norm"})
+    + ((r"^(embeddings\.)", r"\1"),),
     r"^pooler\.|position_ids$")
 _LLAMA = _Arch(
     "decoder", "model.layers.{i}.", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-    ((r"^model\.layers\.(\d+)\.input_layernorm\.", r"layers.\1.attn_norm."),
-     (r"^model\.layers\.(\d+)\.post_attention_layernorm\.", r"layers.\1.mlp_norm."),
-     (r"^model\.layers\.(\d+)\.mlp\.", r"layers.\1.mlp."),
-     (r"^model\.(embed_tokens|norm)\.", r"\1."),
-     (r"^(lm_head)\.", r"\1.")),
+    _per_layer("model.layers", {"input_layernorm": "attn_norm", "post_attention_layernorm": "mlp_norm", "mlp": "mlp"})
+    + ((r"^model\.(embed_tokens|norm)\.", r"\1."), (r"^(lm_head)\.", r"\1.")),
     r"rotary_emb")
 ARCHITECTURES = {"bert": _BERT, "llama": _LLAMA, "qwen2": _LLAMA}  # HF model_type -> layout
 
