@@ -5,19 +5,18 @@ from __future__ import annotations
 import torch
 
 from . import backends, build, scheduler
+from .limits import GPU_SCHED_MAX_BATCH
 from .reference import mla_decode_reference
 from .validate import KERNEL_DTYPES, REFERENCE_DTYPES, check_inputs, check_metadata
-
-GPU_SCHED_MAX_BATCH = 8192  # the one-block GPU scheduler keeps per-sequence state in shared memory
 
 
 def get_mla_metadata(
     cache_seqlens: torch.Tensor, num_q_tokens_per_head_k: int, num_heads_k: int, head_dim_qk: int = 576
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (tile_scheduler_metadata int32[num_sm_parts, 8], num_splits int32[b+1]), computed on cache_seqlens' device.
+    """Return (tile_scheduler_metadata int32[num_sm_parts, METADATA_SIZE], num_splits int32[b+1]) on cache_seqlens' device.
 
-    head_dim_qk (our addition, optional) lets narrow heads (<= 384) get the faster two-CTAs-per-SM schedule;
-    any metadata is correct for any head dims.
+    head_dim_qk (our addition, optional) lets narrow heads (<= TWO_CTA_MAX_D_QK; limits.py has both constants)
+    get the faster two-CTAs-per-SM schedule; any metadata is correct for any head dims.
     """
     if cache_seqlens.dtype != torch.int32 or cache_seqlens.dim() != 1 or cache_seqlens.numel() < 1:
         raise ValueError("cache_seqlens must be a non-empty 1-D int32 tensor")

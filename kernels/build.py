@@ -1,18 +1,47 @@
 """Find the compiled CUDA extension: the one built with the wheel, else a just-in-time build in a cache dir.
 
-Nothing here runs at import time; `load_extension()` is called on the first CUDA-backend use.
+Nothing here runs at import time; `load_extension()` is called on the first CUDA-backend use. Both builds
+compile with the flags below, which carry limits.py's values to the C++/CUDA sources as -D defines.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
+
+def _import_path(name: str, path: Path) -> ModuleType:
+    """Import the module in file `path` under `name`, outside any package."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+if __package__:
+    from . import limits
+else:  # setup.py runs this file by path, outside the package: load limits.py beside it the same way
+    limits = _import_path("_mla_limits", Path(__file__).with_name("limits.py"))
+
 CSRC = Path(__file__).resolve().parent / "csrc"
+# limits.py's values as the -D defines csrc/mla_limits.h requires: one owner for Python and CUDA.
+DEFINES = [
+    f"-DMLA_PAGE_SIZE={limits.PAGE_SIZE}",
+    f"-DMLA_D_ROPE={limits.D_ROPE}",
+    f"-DMLA_METADATA_SIZE={limits.METADATA_SIZE}",
+    f"-DMLA_FIXED_OVERHEAD={limits.FIXED_OVERHEAD}",
+    f"-DMLA_Q_TILE_ROWS={limits.Q_TILE_ROWS}",
+    f"-DMLA_TWO_CTA_MAX_ROWS={limits.TWO_CTA_MAX_ROWS}",
+    f"-DMLA_TWO_CTA_MAX_D_QK={limits.TWO_CTA_MAX_D_QK}",
+    f"-DMLA_GPU_SCHED_MAX_BATCH={limits.GPU_SCHED_MAX_BATCH}",
+]
+# The d_v list goes to the C++ compiler only (mla_api.cpp dispatches on it): nvcc would split it at the commas.
+HOST_DEFINES = [f"-DMLA_SUPPORTED_D_V={','.join(map(str, limits.SUPPORTED_D_V))}"]
 NVCC_FLAGS = [
     "-O3",
     "-gencode=arch=compute_90a,code=sm_90a",
@@ -22,8 +51,9 @@ NVCC_FLAGS = [
     "-U__CUDA_NO_HALF_OPERATORS__",
     "-U__CUDA_NO_HALF_CONVERSIONS__",
     "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
+    *DEFINES,
 ]
-CXX_FLAGS = ["-O3"]
+CXX_FLAGS = ["-O3", *DEFINES, *HOST_DEFINES]
 
 _state: dict[str, object] = {}
 
@@ -34,11 +64,11 @@ def sources() -> list[Path]:
 
 
 def cache_dir() -> Path:
-    """Return the JIT build dir, keyed by torch, CUDA, arch and a hash of the sources."""
+    """Return the JIT build dir, keyed by torch, CUDA, arch and a hash of the sources and flags (limits included)."""
     digest = hashlib.sha256()
     for p in sorted(CSRC.iterdir()):
         digest.update(p.name.encode() + p.read_bytes())
-    digest.update(" ".join(NVCC_FLAGS).encode())
+    digest.update(" ".join(NVCC_FLAGS + CXX_FLAGS).encode())
     key = f"{torch.__version__}-cuda{torch.version.cuda}-sm90a-{digest.hexdigest()[:16]}".replace("+", "_")
     root = os.environ.get("MLABATCH_KERNELS_CACHE", str(Path.home() / ".cache" / "mlabatch" / "kernels"))
     return Path(root) / key
@@ -49,15 +79,8 @@ JIT_NAME = "mlabatch_kernels_jit"
 
 def _load_cached() -> ModuleType | None:
     """Import a module an earlier JIT build left in cache_dir(), without ninja or nvcc (e.g. from a volume)."""
-    import importlib.util
-
     built = cache_dir() / f"{JIT_NAME}.so"
-    if not built.exists():
-        return None
-    spec = importlib.util.spec_from_file_location(JIT_NAME, built)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _import_path(JIT_NAME, built) if built.exists() else None
 
 
 def _jit() -> ModuleType:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import torch
 
-PAGE_SIZE = 64
-
 
 def mla_decode_reference(
     q: torch.Tensor,

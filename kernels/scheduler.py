@@ -1,6 +1,6 @@
-"""Split-KV tile scheduler: which SM part decodes which 64-token blocks of which sequence.
+"""Split-KV tile scheduler: which SM part decodes which PAGE_SIZE-token blocks of which sequence.
 
-Every sequence costs ceil(len/64) blocks plus a fixed overhead; the costs are laid on one line and cut
+Every sequence costs ceil(len/PAGE_SIZE) blocks plus a fixed overhead; the costs are laid on one line and cut
 into `num_sm_parts` equal spans, so a long sequence can be split across consecutive parts (its pieces
 are merged by the combine step). Pure tensor ops on the device of `cache_seqlens`: no host sync, so
 the same schedule can be computed inside a captured CUDA graph. `csrc/mla_metadata.cu` is the
@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import torch
 
-PAGE_SIZE = 64
-FIXED_OVERHEAD = 5  # blocks' worth of cost charged per sequence (Q load, epilogue)
-METADATA_SIZE = 8  # int32 fields per part: begin_req, begin_blk, end_req, end_blk, begin_split, 0, 0, 0
+from .limits import FIXED_OVERHEAD, METADATA_SIZE, PAGE_SIZE, Q_TILE_ROWS, TWO_CTA_MAX_D_QK, TWO_CTA_MAX_ROWS
+
 DEFAULT_NUM_SMS = 132  # H100 SXM; used when cache_seqlens is not on a GPU
-Q_TILE_ROWS = 64  # the CUDA kernel's largest query-row tile
-TWO_CTA_MAX_D_QK = 384  # narrow heads with <= 16 query rows run 2 CTAs per SM: twice the parts
 
 
 def num_sm_parts(num_sms: int, num_q_tokens_per_head_k: int, num_heads_k: int, head_dim_qk: int = 576) -> int:
     """Return how many parts the sequences are split into so that parts x heads x row tiles ~ resident CTAs."""
     row_tiles = -(-num_q_tokens_per_head_k // Q_TILE_ROWS)
-    ctas_per_sm = 2 if num_q_tokens_per_head_k <= 16 and head_dim_qk <= TWO_CTA_MAX_D_QK else 1
+    ctas_per_sm = 2 if num_q_tokens_per_head_k <= TWO_CTA_MAX_ROWS and head_dim_qk <= TWO_CTA_MAX_D_QK else 1
     return max(ctas_per_sm * num_sms // num_heads_k // row_tiles, 1)
 
 
@@ -34,7 +31,7 @@ def device_num_sms(device: torch.device) -> int:
 
 
 def schedule(cache_seqlens: torch.Tensor, parts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (metadata int32[parts, 8], num_splits int32[b+1]) for the given sequence lengths."""
+    """Return (metadata int32[parts, METADATA_SIZE], num_splits int32[b+1]) for the given sequence lengths."""
     dev = cache_seqlens.device
     lens = cache_seqlens.to(torch.long)
     nb = (lens + PAGE_SIZE - 1) // PAGE_SIZE
@@ -64,6 +61,6 @@ def schedule(cache_seqlens: torch.Tensor, parts: int) -> tuple[torch.Tensor, tor
     n_splits = (a_hi - 1) // width - first_part + 1
     num_splits = torch.zeros(b + 1, dtype=torch.long, device=dev)
     num_splits[1:] = torch.cumsum(n_splits, 0)
-    zero = torch.zeros_like(p)
-    meta = torch.stack([begin_req, begin_blk, end_req, end_blk, begin_split, zero, zero, zero], dim=1)
+    fields = [begin_req, begin_blk, end_req, end_blk, begin_split]
+    meta = torch.stack(fields + [torch.zeros_like(p)] * (METADATA_SIZE - len(fields)), dim=1)
     return meta.to(torch.int32), num_splits.to(torch.int32)

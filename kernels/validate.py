@@ -1,17 +1,39 @@
-"""Shape, dtype and layout checks shared by every backend, with errors that name the supported set."""
+"""Shape, dtype and layout checks shared by every backend, with errors that name the supported set, and
+`kernel_dims`, which fits a model's latent row (d_c, d_rope) to those sizes."""
 
 from __future__ import annotations
 
 import torch
 
-PAGE_SIZE = 64
-SUPPORTED_D_V = (128, 192, 256, 384, 512)
-SUPPORTED_D_ROPE = (0, 64)
+from .limits import METADATA_SIZE, PAGE_SIZE, SUPPORTED_D_ROPE, SUPPORTED_D_V
+
 SUPPORTED_DIMS = tuple((dv + dr, dv) for dv in SUPPORTED_D_V for dr in SUPPORTED_D_ROPE)
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 REFERENCE_DTYPES = KERNEL_DTYPES + (torch.float32,)
 
-_DIMS_TEXT = "d_v in {128, 192, 256, 384, 512} with d_qk = d_v + d_rope, d_rope in {0, 64} (e.g. 576/512)"
+
+def _braced(values: tuple[int, ...]) -> str:
+    """Return values as a set literal in their own order, e.g. "{0, 64}"."""
+    return "{" + ", ".join(map(str, values)) + "}"
+
+
+_DIMS_TEXT = (
+    f"d_v in {_braced(SUPPORTED_D_V)} with d_qk = d_v + d_rope, d_rope in {_braced(SUPPORTED_D_ROPE)} "
+    f"(e.g. {max(SUPPORTED_D_V) + max(SUPPORTED_D_ROPE)}/{max(SUPPORTED_D_V)})"
+)
+
+
+def kernel_dims(d_c: int, d_rope: int) -> tuple[int, int] | None:
+    """The kernel's (head_dim_v, d_rope) for a latent row, or None if the kernel cannot run it.
+
+    V is the first d_c columns when d_c and d_rope are both kernel sizes; otherwise the whole row may be
+    presented as V (d_rope 0 to the kernel), the extra output columns being ignored by the up-projection.
+    """
+    if d_c in SUPPORTED_D_V and d_rope in SUPPORTED_D_ROPE:
+        return d_c, d_rope
+    if d_c + d_rope in SUPPORTED_D_V:
+        return d_c + d_rope, 0
+    return None
 
 
 def check_dims(d_qk: int, d_v: int) -> None:
@@ -62,7 +84,9 @@ def check_metadata(tile_scheduler_metadata: torch.Tensor, num_splits: torch.Tens
     """Raise ValueError unless the metadata has the shapes get_mla_metadata returns."""
     if tile_scheduler_metadata.dtype != torch.int32 or num_splits.dtype != torch.int32:
         raise TypeError("tile_scheduler_metadata and num_splits must be int32 (from get_mla_metadata)")
-    if tile_scheduler_metadata.dim() != 2 or tile_scheduler_metadata.shape[1] != 8:
-        raise ValueError(f"tile_scheduler_metadata must be [num_sm_parts, 8], got {tuple(tile_scheduler_metadata.shape)}")
+    if tile_scheduler_metadata.dim() != 2 or tile_scheduler_metadata.shape[1] != METADATA_SIZE:
+        raise ValueError(
+            f"tile_scheduler_metadata must be [num_sm_parts, {METADATA_SIZE}], got {tuple(tile_scheduler_metadata.shape)}"
+        )
     if tuple(num_splits.shape) != (batch + 1,):
         raise ValueError(f"num_splits must be [b+1={batch + 1}], got {tuple(num_splits.shape)}")

@@ -7,9 +7,14 @@
 
 #include "mla_params.h"
 
-namespace {
+// kernels/limits.py's SUPPORTED_D_V (e.g. 128,192,...), passed by kernels/build.py to this C++ compile only.
+#ifndef MLA_SUPPORTED_D_V
+#error "MLA_SUPPORTED_D_V must be defined by kernels/build.py"
+#endif
+#define MLA_STRINGIFY(...) #__VA_ARGS__
+#define MLA_LIST_TEXT(list) MLA_STRINGIFY(list)
 
-constexpr int64_t kMaxSchedBatch = 8192;
+namespace {
 
 void check_cuda(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, what, ": ", cudaGetErrorString(err));
@@ -17,18 +22,25 @@ void check_cuda(cudaError_t err, const char* what) {
 
 std::vector<at::Tensor> mla_metadata(const at::Tensor& seqlens, int64_t parts) {
   TORCH_CHECK(seqlens.is_cuda() && seqlens.scalar_type() == at::kInt && seqlens.dim() == 1, "cache_seqlens: int32 CUDA vector");
-  TORCH_CHECK(seqlens.numel() >= 1 && seqlens.numel() <= kMaxSchedBatch, "GPU scheduler handles 1..", kMaxSchedBatch, " sequences");
+  TORCH_CHECK(seqlens.numel() >= 1 && seqlens.numel() <= mlabatch::kGpuSchedMaxBatch, "GPU scheduler handles 1..",
+              mlabatch::kGpuSchedMaxBatch, " sequences");
   TORCH_CHECK(parts >= 1, "parts must be >= 1");
   const c10::cuda::CUDAGuard guard(seqlens.device());
   auto lens = seqlens.contiguous();
   const int b = static_cast<int>(lens.numel());
   auto opts = lens.options();
-  auto meta = at::empty({parts, 8}, opts);
+  auto meta = at::empty({parts, mlabatch::kMetadataSize}, opts);
   auto splits = at::empty({b + 1}, opts);
   check_cuda(mlabatch::launch_mla_metadata(lens.data_ptr<int>(), b, static_cast<int>(parts), meta.data_ptr<int>(),
                                            splits.data_ptr<int>(), c10::cuda::getCurrentCUDAStream()),
              "mla_metadata launch");
   return {meta, splits};
+}
+
+// Run the decode instantiated for head_dim_v == d_v (one of DVs); false if d_v is none of them.
+template <int... DVs>
+bool run_decode(int64_t d_v, const mlabatch::MlaParams& p, int d_qk, bool fp16, cudaStream_t stream) {
+  return ((d_v == DVs && (mlabatch::run_mla_decode_dv<DVs>(p, d_qk, fp16, stream), true)) || ...);
 }
 
 std::vector<at::Tensor> mla_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& block_table,
@@ -83,16 +95,9 @@ std::vector<at::Tensor> mla_decode(const at::Tensor& q, const at::Tensor& k_cach
   p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
   const bool fp16 = q.scalar_type() == at::kHalf;
   TORCH_CHECK(fp16 || q.scalar_type() == at::kBFloat16, "cuda backend supports bfloat16 and float16");
-  TORCH_CHECK(d_qk == d_v || d_qk == d_v + 64, "d_qk must be d_v or d_v + 64");
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  switch (d_v) {
-    case 128: mlabatch::run_mla_decode_dv<128>(p, static_cast<int>(d_qk), fp16, stream); break;
-    case 192: mlabatch::run_mla_decode_dv<192>(p, static_cast<int>(d_qk), fp16, stream); break;
-    case 256: mlabatch::run_mla_decode_dv<256>(p, static_cast<int>(d_qk), fp16, stream); break;
-    case 384: mlabatch::run_mla_decode_dv<384>(p, static_cast<int>(d_qk), fp16, stream); break;
-    case 512: mlabatch::run_mla_decode_dv<512>(p, static_cast<int>(d_qk), fp16, stream); break;
-    default: TORCH_CHECK(false, "head_dim_v must be one of 128, 192, 256, 384, 512");
-  }
+  TORCH_CHECK(d_qk == d_v || d_qk == d_v + mlabatch::kDRope, "d_qk must be d_v or d_v + ", mlabatch::kDRope);
+  const bool launched = run_decode<MLA_SUPPORTED_D_V>(d_v, p, static_cast<int>(d_qk), fp16, c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(launched, "head_dim_v must be one of " MLA_LIST_TEXT(MLA_SUPPORTED_D_V));
   check_cuda(cudaGetLastError(), "mla_decode launch");
   return {out, lse};
 }

@@ -1,7 +1,7 @@
 // Split-KV MLA decode kernel for tiles of up to 32 query rows (mma.sync + cp.async; all rows for d_v 192)
-// and the log-sum-exp combine kernel. 64-row tiles use mla_decode_wgmma.cuh.
+// and the log-sum-exp combine kernel. kQTileRows-row tiles use mla_decode_wgmma.cuh.
 //
-// One CTA = (scheduler part, kv head, tile of M = 16*R query rows). The part's 64-token pages stream
+// One CTA = (scheduler part, kv head, tile of M = 16*R query rows). The part's kPage-token pages stream
 // through a multi-stage cp.async ring in shared memory (64-column slabs, XOR-swizzled rows). Warps form
 // an R x 4 grid: warp (r, c) computes S for rows 16r.. and keys 16c.. of each page, the 4 warps of a
 // row group exchange row maxima and bf16 probabilities through shared memory, and warp (r, c)
@@ -9,7 +9,8 @@
 // exp2 domain).
 // A request decoded by one part writes out/lse directly; pieces of a split request write fp32 partials
 // that mla_combine_kernel merges (launched as a programmatic dependent so its launch overlaps). Tiles of
-// <= 16 rows with d_qk <= 384 run two CTAs per SM when the schedule has twice as many parts as SMs.
+// <= kTwoCtaMaxRows rows with d_qk <= kTwoCtaMaxDqk run two CTAs per SM when the schedule has twice as many
+// parts as SMs (mla_limits.h).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -23,10 +24,9 @@
 
 namespace mlabatch {
 
-constexpr int kPage = 64;
 constexpr int kColWarps = 4;
 constexpr int kSmemLimit = 227 * 1024;
-constexpr int kTwoCtaMaxDqk = 384;  // keep in sync with scheduler.TWO_CTA_MAX_D_QK
+static_assert(kPage == 16 * kColWarps, "each column warp scores 16 keys of a page");
 
 template <typename T>
 struct Pack;
@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wr = warp / kColWarps, wc = warp % kColWarps;
   const int part = blockIdx.x, h = blockIdx.y, mt = blockIdx.z;
-  const int* md = p.meta + part * 8;
+  const int* md = p.meta + part * kMetadataSize;
   const int begin_req = md[0], begin_blk = md[1], end_req = md[2], end_blk = md[3], begin_split = md[4];
   const T* qg = static_cast<const T*>(p.q);
   const T* kg = static_cast<const T*>(p.k);

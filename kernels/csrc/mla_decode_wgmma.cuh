@@ -16,7 +16,7 @@ namespace mlabatch {
 
 template <int DQK, int DV>
 struct WgTile {
-  static constexpr int M = 64;
+  static constexpr int M = kQTileRows;
   static constexpr int kThreads = 256;
   static constexpr int kSlabs = DQK / 64;
   static constexpr int kSlabBytes = 64 * 128;  // 64 rows x 64 elements, 128-byte swizzled rows
@@ -25,6 +25,7 @@ struct WgTile {
   static constexpr int kNHalf = DV / 2;  // output columns per warpgroup
   static constexpr int kSmem = 1024 + (1 + kStages) * kTileBytes + kSlabBytes + 4 * 64 * 4;
   static_assert(kNHalf % 64 == 0, "each warpgroup's V columns must start on a 64-column slab");
+  static_assert(M == 64 && kPage == 64, "wgmma tiles are m64, and each warpgroup scores 32 keys of a 64-token page");
   static_assert(kSmem <= kSmemLimit, "shared memory");
 };
 
@@ -57,7 +58,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wg = warp >> 2, wl = warp & 3;
   const int part = blockIdx.x, h = blockIdx.y, mt = blockIdx.z;
-  const int* md = p.meta + part * 8;
+  const int* md = p.meta + part * kMetadataSize;
   const int begin_req = md[0], begin_blk = md[1], end_req = md[2], end_blk = md[3], begin_split = md[4];
   const T* qg = static_cast<const T*>(p.q);
   const T* kg = static_cast<const T*>(p.k);

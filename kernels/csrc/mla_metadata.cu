@@ -6,7 +6,7 @@
 namespace mlabatch {
 
 constexpr int kSchedThreads = 256;
-constexpr int kFixedOverhead = 5;
+static_assert(kMetadataSize >= 5, "a part's metadata holds begin_req, begin_blk, end_req, end_blk, begin_split");
 
 // Exclusive prefix sum of v[0..n) in place (shared memory), returning the total; all threads call it.
 __device__ long long block_exclusive_scan(long long* v, int n, long long* partial) {
@@ -43,11 +43,11 @@ __global__ void __launch_bounds__(kSchedThreads) mla_metadata_kernel(const int* 
   long long* cnt = sh + b;       // [b] pieces per request, then their prefix sums
   long long* partial = sh + 2 * b;  // [kSchedThreads + 1]
   const int t = threadIdx.x;
-  for (int i = t; i < b; i += kSchedThreads) start[i] = (seqlens[i] + 63) / 64 + kFixedOverhead;
+  for (int i = t; i < b; i += kSchedThreads) start[i] = (seqlens[i] + kPage - 1) / kPage + kFixedOverhead;
   __syncthreads();
   const long long total = block_exclusive_scan(start, b, partial);
   const long long width = max(1LL, (total + parts - 1) / parts);
-  auto nb = [&](int i) { return static_cast<long long>((seqlens[i] + 63) / 64); };
+  auto nb = [&](int i) { return static_cast<long long>((seqlens[i] + kPage - 1) / kPage); };
   auto a_lo = [&](int i) { return nb(i) > 0 ? start[i] + kFixedOverhead : start[i]; };
   auto a_hi = [&](int i) { return nb(i) > 0 ? start[i] + kFixedOverhead + nb(i) : start[i] + 1; };
   for (int i = t; i < b; i += kSchedThreads) cnt[i] = (a_hi(i) - 1) / width - a_lo(i) / width + 1;
@@ -69,14 +69,14 @@ __global__ void __launch_bounds__(kSchedThreads) mla_metadata_kernel(const int* 
       if (a_lo(mid) >= hi) r = mid; else l = mid + 1;
     }
     const int er = l - 1;
-    int* m = meta + p * 8;
+    int* m = meta + p * kMetadataSize;
     const bool empty = br > er;
     m[0] = br;
     m[2] = er;
     m[1] = empty ? 0 : static_cast<int>(min(max(lo - (start[br] + kFixedOverhead), 0LL), nb(br)));
     m[3] = empty ? 0 : static_cast<int>(min(max(hi - (start[er] + kFixedOverhead), 0LL), nb(er)));
     m[4] = empty ? 0 : static_cast<int>(p - a_lo(br) / width);
-    m[5] = m[6] = m[7] = 0;
+    for (int f = 5; f < kMetadataSize; ++f) m[f] = 0;
   }
 }
 

@@ -4,6 +4,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "mla_limits.h"
+
 namespace mlabatch {
 
 struct MlaParams {
@@ -11,7 +13,7 @@ struct MlaParams {
   const void* k;
   const int* block_table;
   const int* seqlens;
-  const int* meta;        // [num_parts, 8]: begin_req, begin_blk, end_req, end_blk, begin_split
+  const int* meta;        // [num_parts, kMetadataSize]: begin_req, begin_blk, end_req, end_blk, begin_split
   const int* num_splits;  // [b + 1], prefix sums of pieces per request
   void* out;              // [b, s_q, h_q, d_v]
   float* lse;             // [b, h_q, s_q]

@@ -3,6 +3,7 @@ a later process without a toolchain loads that build and decodes correctly."""
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,10 +12,11 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0), reason="needs a Hopper GPU")]
 
 BUILD = "from mlabatch.kernels.build import load_extension; m, why = load_extension(); print(why); assert m"
-CHECK = """
+TESTS = Path(__file__).resolve().parents[1]  # holds kernel_oracle, which the CHECK subprocess imports
+CHECK = f"import sys; sys.path.insert(0, {str(TESTS)!r})" + """
 import torch
 from mlabatch.kernels import flash_mla_with_kvcache, get_mla_metadata, info
-from mlabatch.kernels.testing import cos_diff, make_case
+from kernel_oracle import cos_diff, make_case
 print(info()["extension"])
 case = make_case([70, 300, 0, 1000], 1, 16, 1, 576, torch.bfloat16, "cuda", seed=1)
 meta, splits = get_mla_metadata(case.cache_seqlens, 16, 1)

@@ -1,4 +1,7 @@
-"""Test and benchmark helpers: FlashMLA-style poisoned paged inputs, a plain per-sequence oracle, cos_diff."""
+"""Kernel test helpers: FlashMLA-style poisoned paged inputs, a plain per-sequence oracle, cos_diff.
+
+Importable as `kernel_oracle` from the tests (pytest puts tests/, the folder of conftest.py, on sys.path).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-PAGE_SIZE = 64
+from mlabatch.kernels import PAGE_SIZE
+
 BAD_BLOCK_ID = 2147480000  # unused block-table slots: any read through them is out of range
 
 
