@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
+import numpy as np
 import pandas as pd
 
-import numpy as np
-
-from mlabatch.models.chunking import split_text
-from mlabatch.models.embedder import pool_windows
+from mlabatch.models.embedding.chunking import split_text
+from mlabatch.models.embedding.pooling import pool_windows
 from mlabatch.udfs.inputs import input_error
 from mlabatch.udfs.model_cache import get_tokenizer
 

@@ -1,5 +1,10 @@
-"""Pick the torch device for the current Spark task from the GPUs Spark assigned to it."""
+"""Pick the torch device for the current Spark task from the GPUs Spark assigned to it, and build the
+iterator pandas UDFs that run a model on that device."""
 from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import pandas as pd
 
 
 def limit_cpu_threads() -> None:
@@ -32,5 +37,22 @@ def task_device(preference: str = "auto") -> str:
     if torch.cuda.is_available():
         return "cuda"
     if preference == "cuda":
-        raise RuntimeError("embed.device is 'cuda' but this worker has no usable GPU; set embed.device=auto")
+        raise RuntimeError("device 'cuda' was asked for but this worker has no usable GPU; set embed.device=auto "
+                           "or generate.device=auto (device='auto' for a UDF)")
     return "cpu"
+
+
+def device_udf(work: Callable[[pd.Series, str], pd.DataFrame], result_type: str, device: str = "auto"):
+    """An iterator pandas UDF returning `result_type` structs: each task picks its device once (see
+    task_device) and maps every Arrow batch with `work(batch, device)`. Spark names it after `work`."""
+    from pyspark.sql.functions import pandas_udf
+
+    def run(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        chosen = task_device(device)
+        if chosen == "cpu":
+            limit_cpu_threads()
+        for batch in batches:
+            yield work(batch, chosen)
+
+    run.__name__ = work.__name__  # the column Spark derives reads embed(text), not run(text)
+    return pandas_udf(run, result_type)

@@ -1,18 +1,22 @@
-"""One model per Python worker process and device: loaded on first use, reused by every later task."""
+"""One engine per Python worker process, kind, model, device and options: loaded on first use, reused by
+every later task. Model URIs are resolved here, once per process; the engines' loaders take directories."""
 from __future__ import annotations
 
 import functools
 import threading
 from pathlib import Path
+from typing import Literal
 
 from tokenizers import Tokenizer
 
-from mlabatch.models.embedder import Embedder
-from mlabatch.models.generator import EngineConfig, Generator
-from mlabatch.models.loading import load_generator, load_model, load_tokenizer, resolve_model
+from mlabatch.models.embedding.engine import Embedder, load_embedder
+from mlabatch.models.generation.config import EngineConfig
+from mlabatch.models.generation.engine import Generator, load_generator
+from mlabatch.models.registry.resolve import resolve_model
+from mlabatch.models.tokenizer import load_tokenizer
 
-_MODELS: dict[tuple[str, str, int | None], Embedder] = {}
-_GENERATORS: dict[tuple[str, str, EngineConfig], Generator] = {}
+_LOADERS = {"embedder": load_embedder, "generator": load_generator}
+_ENGINES: dict[tuple, Embedder | Generator] = {}
 _LOCK = threading.Lock()
 
 
@@ -23,22 +27,18 @@ def local_model_dir(model_ref: str) -> Path:
     return path if path.is_dir() else resolve_model(model_ref).local_dir
 
 
-def get_embedder(model_ref: str, device: str, token_budget: int | None = None) -> Embedder:
-    """The cached embedder for (model, device, token budget), loading it if this process has none yet."""
-    key = (model_ref, device, token_budget)
-    with _LOCK:
-        if key not in _MODELS:
-            _MODELS[key] = load_model(local_model_dir(model_ref), device, token_budget)
-        return _MODELS[key]
+def get_engine(kind: Literal["embedder", "generator"], model_ref: str, device: str,
+               options: int | EngineConfig | None) -> Embedder | Generator:
+    """The cached engine for (kind, model, device, options), loading it if this process has none yet.
 
-
-def get_generator(model_ref: str, device: str, config: EngineConfig) -> Generator:
-    """The cached generation engine for (model, device, engine config); its KV pool is allocated once."""
-    key = (model_ref, device, config)
+    `options` is what the loader takes beyond the device: the embedder's token budget, or the
+    generator's EngineConfig (its KV pool is allocated once, at load).
+    """
+    key = (kind, model_ref, device, options)
     with _LOCK:
-        if key not in _GENERATORS:
-            _GENERATORS[key] = load_generator(local_model_dir(model_ref), device, config)
-        return _GENERATORS[key]
+        if key not in _ENGINES:
+            _ENGINES[key] = _LOADERS[kind](local_model_dir(model_ref), device, options)
+        return _ENGINES[key]
 
 
 @functools.lru_cache(maxsize=8)
