@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mlabatch.models.generation.config import EngineConfig, SamplingParams
+
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$")
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -25,6 +27,13 @@ def check_table_name(value: str) -> str:
     )
 
 
+def check_column_name(value: str) -> str:
+    """Accept a plain column name (letters, digits, underscore); reject expressions and quoting."""
+    if not _COLUMN.match(value):
+        raise ValueError(f"{value!r} is not a plain column name (letters, digits, underscore)")
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -36,13 +45,7 @@ class SourceSettings(_Section):
     build_sample_if_missing: bool = False
 
     _table = field_validator("table")(check_table_name)
-
-    @field_validator("id_column", "text_column")
-    @classmethod
-    def _column(cls, value: str) -> str:
-        if not _COLUMN.match(value):
-            raise ValueError(f"{value!r} is not a plain column name (letters, digits, underscore)")
-        return value
+    _columns = field_validator("id_column", "text_column")(check_column_name)
 
 
 class TargetSettings(_Section):
@@ -90,37 +93,26 @@ class ConvertSettings(_Section):
     alias: str = "champion"
 
 
-class GenerateSettings(_Section):
-    """`mlabatch generate`: a Delta table of prompts -> a Delta table of continuations (MLA decoder)."""
+class GenerateSettings(SamplingParams, EngineConfig):
+    """`mlabatch generate`: a Delta table of prompts -> a Delta table of continuations (MLA decoder).
+
+    The sampling and engine keys (max_new_tokens, temperature, ..., max_batch, num_blocks, ...) are the
+    fields of SamplingParams and EngineConfig, with their limits and defaults; this adds where the
+    prompts come from and go, the model, and how Spark runs it.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)  # like every section
 
     source_table: str = "data/tables/prompts"
     target_table: str = "data/tables/generations"
     id_column: str = "id"
     prompt_column: str = "prompt"
     model_uri: str = "data/models/smollm2-mla"  # a converted decoder: directory or models:/name@alias
-    max_new_tokens: int = Field(128, ge=1)
-    temperature: float = Field(0.0, ge=0)  # 0: greedy
-    top_k: int = Field(0, ge=0)  # 0: off
-    top_p: float = Field(1.0, gt=0, le=1)
-    seed: int = Field(0, ge=0)  # with the prompt, fixes a sampled row's output (retries reproduce it)
-    stop: list[str] = []
-    ignore_eos: bool = False
-    chat_template: bool = False  # wrap each prompt as a user message in the model's chat template
-    max_batch: int = Field(256, ge=1)  # sequences decoded together
-    prefill_token_budget: int = Field(8192, ge=64)  # prompt tokens per prefill round
-    memory_fraction: float = Field(0.5, gt=0, lt=1)  # GPU: share of free memory for the KV cache
-    num_blocks: int | None = Field(None, ge=2)  # KV pool in 64-token blocks; null: memory_fraction (GPU) or 256 (CPU)
     partitions_per_worker: int = Field(2, ge=1, le=64)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     _tables = field_validator("source_table", "target_table")(check_table_name)
-
-    @field_validator("id_column", "prompt_column")
-    @classmethod
-    def _column(cls, value: str) -> str:
-        if not _COLUMN.match(value):
-            raise ValueError(f"{value!r} is not a plain column name (letters, digits, underscore)")
-        return value
+    _columns = field_validator("id_column", "prompt_column")(check_column_name)
 
     @model_validator(mode="after")
     def _distinct_tables(self) -> "GenerateSettings":
@@ -142,7 +134,7 @@ class SparkSettings(_Section):
 
 
 class Settings(_Section):
-    """Everything one embedding run needs."""
+    """Every section, validated together: each command reads the sections it uses."""
 
     source: SourceSettings
     target: TargetSettings
