@@ -5,9 +5,9 @@ import logging
 
 import mlflow
 
-from mlabatch.models.loading import resolve_model
-from mlabatch.pipelines.embedding import RunStats, embed_documents
-from mlabatch.pipelines.sample_data import sample_documents
+from mlabatch.jobs.sample_data import sample_documents
+from mlabatch.models.registry.resolve import resolve_model
+from mlabatch.pipelines.embedding import EmbedStats, embed_documents
 from mlabatch.pipelines.settings import Settings
 from mlabatch.pipelines.spark import get_spark
 from mlabatch.pipelines.tables import TableNotFoundError, on_databricks, table_exists, write_table
@@ -16,7 +16,7 @@ from mlabatch.pipelines.tracking import configure_mlflow, run_params
 log = logging.getLogger(__name__)
 
 
-def run_embed(settings: Settings, embed_column=None) -> tuple[RunStats, str]:
+def run_embed(settings: Settings, embed_column=None) -> tuple[EmbedStats, str]:
     """Check the model and source first, then run the pipeline inside an MLflow run; returns (stats, run id)."""
     configure_mlflow(settings.mlflow)
     log.info("resolving model %s", settings.model.uri)
@@ -39,21 +39,21 @@ def run_embed(settings: Settings, embed_column=None) -> tuple[RunStats, str]:
     return stats, run.info.run_id
 
 
-def summary(stats: RunStats, settings: Settings, run_id: str) -> str:
+def summary(stats: EmbedStats, settings: Settings, run_id: str) -> str:
     """The end-of-run report: counts, speed, and where the output is and how to read it."""
     target = settings.target.table
     query = (f"spark.table('{target}')" if on_databricks() else
              f"python -c \"from deltalake import DeltaTable; print(DeltaTable('{target}').to_pandas().head())\"")
     return "\n".join([
-        (f"mlabatch embed: finished in {stats.seconds:.1f} s of embedding" if stats.docs_new else
+        (f"mlabatch embed: finished in {stats.seconds:.1f} s of embedding" if stats.new else
          "mlabatch embed: nothing new or changed to embed"),
         f"  rows read            {stats.rows_read:,} ({stats.rows_without_id} without id, "
         f"{stats.duplicate_ids} duplicated ids)",
-        f"  documents embedded   {stats.docs_new:,}   unchanged (skipped) {stats.docs_skipped:,}   "
-        f"deleted {stats.docs_deleted:,}",
+        f"  documents embedded   {stats.new:,}   unchanged (skipped) {stats.skipped:,}   "
+        f"deleted {stats.deleted:,}",
         f"  chunks embedded      {stats.chunks_embedded:,}   errors {stats.errors:,}   "
-        f"truncated {stats.truncated:,}   stale removed {stats.chunks_removed:,}",
-        f"  throughput           {stats.docs_per_s:,.1f} docs/s ({stats.tokens:,} tokens)",
+        f"truncated {stats.truncated:,}   stale removed {stats.rows_removed:,}",
+        f"  throughput           {stats.throughput:,.1f} docs/s ({stats.tokens:,} tokens)",
         f"  output (Delta)       {target}",
         f"  query it             {query}",
         f"  MLflow run           {run_id} in experiment {settings.mlflow.experiment} "

@@ -5,7 +5,7 @@ import logging
 
 import mlflow
 
-from mlabatch.models.loading import resolve_model
+from mlabatch.models.registry.resolve import resolve_model
 from mlabatch.pipelines.generation import GenerationStats, generate_prompts, sampling_hash
 from mlabatch.pipelines.settings import Settings
 from mlabatch.pipelines.spark import get_spark
@@ -43,10 +43,10 @@ def summary(stats: GenerationStats, settings: Settings, run_id: str) -> str:
         f"mlabatch generate: finished in {stats.seconds:.1f} s of generation",
         f"  rows read            {stats.rows_read:,} ({stats.rows_without_id} without id, "
         f"{stats.duplicate_ids} duplicated ids)",
-        f"  prompts generated    {stats.prompts_new:,}   unchanged (skipped) {stats.prompts_skipped:,}   "
-        f"deleted {stats.prompts_deleted:,}   errors {stats.errors:,}   truncated {stats.truncated:,}",
+        f"  prompts generated    {stats.new:,}   unchanged (skipped) {stats.skipped:,}   "
+        f"deleted {stats.deleted:,}   errors {stats.errors:,}   truncated {stats.truncated:,}",
         f"  tokens               {stats.prompt_tokens:,} prompt, {stats.generated_tokens:,} generated "
-        f"({stats.new_tokens_per_s:,.1f} new tokens/s)",
+        f"({stats.throughput:,.1f} new tokens/s)",
         f"  output (Delta)       {cfg.target_table}",
         f"  MLflow run           {run_id} in experiment {settings.mlflow.experiment}",
     ])

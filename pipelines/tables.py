@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pyarrow as pa
-
 
 class TableNotFoundError(LookupError):
     """The table does not exist; the message names it and what to do."""
@@ -59,7 +57,7 @@ def read_table(spark, name: str):
 
 
 def write_table(spark, df, name: str) -> None:
-    """Create or replace a Delta table with `df` (used for sample data)."""
+    """Create or replace a Delta table with `df` (sample data, and the first MERGE into a new target)."""
     if on_databricks():
         writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
         writer.save(name) if _is_path(name) else writer.saveAsTable(name)
@@ -67,13 +65,6 @@ def write_table(spark, df, name: str) -> None:
     from deltalake import write_deltalake
 
     write_deltalake(_local_path(name), df.toArrow(), mode="overwrite", schema_mode="overwrite")
-
-
-def write_arrow(name: str, table: pa.Table) -> None:
-    """Create or replace a local Delta table from Arrow (no Spark needed; local only)."""
-    from deltalake import write_deltalake
-
-    write_deltalake(_local_path(name), table, mode="overwrite", schema_mode="overwrite")
 
 
 def merge_sql(name: str, source_view: str, columns: list[str], keys: list[str], delete_column: str | None) -> str:

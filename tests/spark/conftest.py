@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
+from deltalake import write_deltalake
 from pydoc_data.topics import topics
 
 from mlabatch.jobs.config import load_settings
-from mlabatch.pipelines.tables import write_arrow
 
 SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string())])
 
@@ -26,7 +26,7 @@ def _documents() -> dict[str, str | None]:
 
 def _write_source(path, docs: dict[str, str | None], extra_rows: list[tuple] = ()) -> None:
     rows = [{"id": k, "text": v} for k, v in docs.items()] + [{"id": i, "text": t} for i, t in extra_rows]
-    write_arrow(str(path), pa.Table.from_pylist(rows, schema=SCHEMA))
+    write_deltalake(str(path), pa.Table.from_pylist(rows, schema=SCHEMA), mode="overwrite")
 
 
 @pytest.fixture()

@@ -6,7 +6,7 @@ from deltalake import DeltaTable
 from pydoc_data.topics import topics
 
 from mlabatch.jobs.embed import run_embed
-from mlabatch.models.chunking import split_text
+from mlabatch.models.embedding.chunking import split_text
 
 
 def target_rows(settings) -> dict[tuple[str, int], dict]:
@@ -48,7 +48,7 @@ def test_first_run_embeds_everything_and_flags_bad_rows(spark, make_settings, em
 
     assert (stats.rows_read, stats.duplicate_ids, stats.errors) == (9, 1, 4)
     assert stats.chunks_embedded == len(rows)
-    assert stats.docs_new == 8 and stats.docs_skipped == 0
+    assert stats.new == 8 and stats.skipped == 0
 
     import mlflow
 
@@ -66,7 +66,7 @@ def test_rerun_is_a_no_op_and_an_edit_reembeds_only_that_document(spark, make_se
     before = target_rows(settings)
 
     stats, _ = run_embed(settings)
-    assert (stats.docs_new, stats.chunks_embedded, stats.chunks_removed) == (0, 0, 0)
+    assert (stats.new, stats.chunks_embedded, stats.rows_removed) == (0, 0, 0)
     assert DeltaTable(settings.target.table).version() == 0  # nothing was written at all
 
     docs["doc-longer"] = "Now it is short."  # shortened: its old chunks 1..n must go
@@ -76,7 +76,7 @@ def test_rerun_is_a_no_op_and_an_edit_reembeds_only_that_document(spark, make_se
     stats, _ = run_embed(settings)
     after = target_rows(settings)
 
-    assert stats.docs_new == 2 and stats.docs_deleted == 1
+    assert stats.new == 2 and stats.deleted == 1
     assert [k for k in after if k[0] == "doc-longer"] == [("doc-longer", 0)]
     assert after[("doc-longer", 0)]["chunk_text"] == "Now it is short."
     assert not any(k[0] == "doc-unicode" for k in after)
@@ -87,7 +87,7 @@ def test_rerun_is_a_no_op_and_an_edit_reembeds_only_that_document(spark, make_se
     assert after[("doc-short", 0)]["embedded_at"] > before[("doc-short", 0)]["embedded_at"]
 
     stats, _ = run_embed(make_settings("embed.overlap_tokens=8"))  # new chunking: everything again
-    assert stats.docs_new == len(docs) and stats.docs_skipped == 0
+    assert stats.new == len(docs) and stats.skipped == 0
 
 
 def test_far_too_long_document_is_cut_and_flagged(spark, make_settings, documents, write_source):
@@ -139,7 +139,7 @@ def test_a_task_failing_on_its_first_attempt_is_retried_without_loss_or_duplicat
 
 
 def test_problems_found_before_any_work(spark, make_settings, tmp_path, documents, write_source):
-    from mlabatch.models.loading import ModelNotFoundError
+    from mlabatch.models.registry.resolve import ModelNotFoundError
     from mlabatch.pipelines.sources import SourceSchemaError
     from mlabatch.pipelines.tables import TableNotFoundError
 
@@ -154,10 +154,10 @@ def test_problems_found_before_any_work(spark, make_settings, tmp_path, document
         run_embed(make_settings("model.uri=models:/nothing@here"))
 
     import pyarrow as pa
+    from deltalake import write_deltalake
 
-    from mlabatch.pipelines.tables import write_arrow
-
-    write_arrow(settings.source.table, pa.table({"id": ["a"], "text": [3]}))
+    write_deltalake(settings.source.table, pa.table({"id": ["a"], "text": [3]}), mode="overwrite",
+                    schema_mode="overwrite")
     with pytest.raises(SourceSchemaError, match="not string"):
         run_embed(settings)
     assert not DeltaTable.is_deltatable(settings.target.table)

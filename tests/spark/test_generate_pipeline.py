@@ -5,12 +5,11 @@ from typing import Iterator
 import pandas as pd
 import pyarrow as pa
 import pytest
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 
 from mlabatch.jobs.generate import run_generate
-from mlabatch.models.loading import load_generator
+from mlabatch.models.generation.engine import load_generator
 from mlabatch.pipelines.generation import engine_config, sampling_params
-from mlabatch.pipelines.tables import write_arrow
 
 PROMPTS = {
     "p-short": "Spark pandas UDFs stream Arrow batches",
@@ -24,7 +23,8 @@ PROMPTS = {
 
 def _write(path, prompts: dict, extra: list[tuple] = ()) -> None:
     rows = [{"id": k, "prompt": v} for k, v in prompts.items()] + [{"id": i, "prompt": p} for i, p in extra]
-    write_arrow(str(path), pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("prompt", pa.string())])))
+    write_deltalake(str(path), pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("prompt", pa.string())])),
+                    mode="overwrite")
 
 
 @pytest.fixture()
@@ -59,26 +59,26 @@ def test_generate_job_rows_errors_rerun_and_edits(spark, gen_settings, tiny_deco
         assert (rows[key]["text"], rows[key]["generated_tokens"], rows[key]["finish_reason"]) == (
             out.text, out.generated_tokens, out.finish_reason)
         assert rows[key]["error"] is None and rows[key]["prompt_tokens"] == out.prompt_tokens
-    assert (stats.rows_read, stats.duplicate_ids, stats.errors, stats.prompts_new) == (8, 1, 3, 7)
+    assert (stats.rows_read, stats.duplicate_ids, stats.errors, stats.new) == (8, 1, 3, 7)
 
     import mlflow
 
     assert mlflow.get_run(run_id).data.metrics["generated_tokens"] == sum(o.generated_tokens for o in want)
 
     stats, _ = run_generate(settings)
-    assert (stats.prompts_new, stats.prompts_deleted) == (0, 0)
+    assert (stats.new, stats.deleted) == (0, 0)
     assert DeltaTable(settings.generate.target_table).version() == 0
 
     edited = dict(PROMPTS, **{"p-four": "five six seven"})
     del edited["p-unicode"]
     _write(settings.generate.source_table, edited, extra=[("dup", "a"), ("dup", "b")])
     stats, _ = run_generate(settings)
-    assert (stats.prompts_new, stats.prompts_deleted) == (1, 1)
+    assert (stats.new, stats.deleted) == (1, 1)
     after = _rows(settings)
     assert "p-unicode" not in after and after["p-four"]["prompt"] == "five six seven"
 
     stats, _ = run_generate(gen_settings("generate.temperature=0.8", "generate.seed=6"))
-    assert stats.prompts_new == len(edited) + 1  # new sampling settings regenerate every row (and "dup")
+    assert stats.new == len(edited) + 1  # new sampling settings regenerate every row (and "dup")
 
 
 def test_a_retried_task_loses_and_duplicates_nothing(spark, gen_settings, tmp_path):
@@ -110,6 +110,6 @@ def test_a_retried_task_loses_and_duplicates_nothing(spark, gen_settings, tmp_pa
     stats, _ = run_generate(settings, generate_column=flaky)
     assert len(list(failures.iterdir())) >= 1, "no task failed: the test did not exercise a retry"
     got, want = _rows(settings), _rows(reference)
-    assert sorted(got) == sorted(want) and stats.prompts_new == len(want)
+    assert sorted(got) == sorted(want) and stats.new == len(want)
     for key in want:
         assert (got[key]["text"], got[key]["error"]) == (want[key]["text"], want[key]["error"])

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mlabatch.pipelines.sample_data import sample_documents
+from mlabatch.jobs.sample_data import sample_documents
 from mlabatch.udfs.devices import task_device
 
 
