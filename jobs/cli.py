@@ -1,4 +1,4 @@
-"""The `mlabatch` command line: demo, embed, convert, models prepare, kernels build, run."""
+"""The `mlabatch` command line: demo, models prepare, embed, convert, generate, kernels build, run."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,8 @@ import sys
 from mlabatch.jobs.config import SettingsError, load_settings
 
 DESCRIPTION = """\
-Turn a Delta table of documents into a Delta table of embeddings with Spark.
+Turn a Delta table of documents into a Delta table of embeddings, or of prompts into generated text,
+with Spark.
 
 Settings come from the packaged conf/local.yml, overlaid by --conf files (or the names dev, prod),
 then single keys from --set section.key=value. Start with `mlabatch demo`.

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import mlflow
 
-from mlabatch.models.convert import convert
-from mlabatch.models.fidelity import fidelity_report, write_report
-from mlabatch.models.loading import ResolvedModel
-from mlabatch.models.mla_config import CalibrationConfig, MLAConfig
-from mlabatch.models.registry import bundled_minilm_dir, register_model
+from mlabatch.models.conversion.config import CalibrationConfig, MLAConfig
+from mlabatch.models.conversion.convert import convert
+from mlabatch.models.conversion.fidelity import fidelity_report, write_report
+from mlabatch.models.registry.bundled import bundled_minilm_dir
+from mlabatch.models.registry.register import register_model
+from mlabatch.models.registry.resolve import ResolvedModel
 from mlabatch.pipelines.settings import ConvertSettings, Settings
 from mlabatch.pipelines.tracking import configure_mlflow
 
@@ -22,7 +23,7 @@ def source_dir(source: str, workdir: Path) -> Path:
     if source == "minilm":
         return bundled_minilm_dir()
     if source == "smollm2":
-        from mlabatch.models.gguf import prepare_smollm2
+        from mlabatch.models.registry.bundled import prepare_smollm2
 
         return prepare_smollm2(workdir / "smollm2-135m-instruct")
     path = Path(source).expanduser()

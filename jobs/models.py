@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import mlflow
 
-from mlabatch.models.loading import ResolvedModel
-from mlabatch.models.registry import bundled_minilm_dir, register_model
+from mlabatch.models.registry.bundled import bundled_minilm_dir
+from mlabatch.models.registry.register import register_model
+from mlabatch.models.registry.resolve import ResolvedModel
 from mlabatch.pipelines.settings import Settings
 from mlabatch.pipelines.tracking import configure_mlflow
 

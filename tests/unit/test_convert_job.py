@@ -7,8 +7,8 @@ import pytest
 
 from mlabatch.jobs.config import load_settings
 from mlabatch.jobs.convert import run_convert, summary
-from mlabatch.models.loading import load_model
-from mlabatch.models.mla_config import ConversionError
+from mlabatch.models.conversion.config import ConversionError
+from mlabatch.models.registry.load import load_model
 
 
 @pytest.fixture()

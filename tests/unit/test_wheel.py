@@ -16,7 +16,7 @@ def test_wheel_contents(tmp_path):
     for package in ("conf", "kernels", "models", "udfs", "pipelines", "jobs"):
         assert f"mlabatch/{package}/__init__.py" in names
     assert {"mlabatch/conf/local.yml", "mlabatch/conf/dev.yml", "mlabatch/conf/prod.yml"} <= names
-    assert "mlabatch/models/pyfunc_model.py" in names and "mlabatch/models/pyfunc_generator.py" in names
+    assert {"mlabatch/models/registry/pyfunc_embedder.py", "mlabatch/models/registry/pyfunc_generator.py"} <= names
     sources = {p.name for p in (ROOT / "kernels" / "csrc").iterdir()}
     assert {f"mlabatch/kernels/csrc/{s}" for s in sources} <= names  # the JIT build on workers needs them all
     assert not any(n.startswith(("tests/", "benchmarks/", "kernels/", "mlabatch/tests")) for n in names)
