@@ -22,14 +22,15 @@ import pyarrow as pa
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
+from deltalake import write_deltalake  # noqa: E402
+
 from mlabatch.jobs.config import load_settings  # noqa: E402
 from mlabatch.jobs.embed import run_embed  # noqa: E402
+from mlabatch.jobs.sample_data import sample_documents  # noqa: E402
 from mlabatch.models.embedding.chunking import split_text  # noqa: E402
-from mlabatch.models.registry.load import load_model  # noqa: E402
 from mlabatch.models.registry.bundled import bundled_minilm_dir  # noqa: E402
-from mlabatch.pipelines.sample_data import sample_documents  # noqa: E402
+from mlabatch.models.registry.load import load_model  # noqa: E402
 from mlabatch.pipelines.spark import get_spark  # noqa: E402
-from mlabatch.pipelines.tables import write_arrow  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -60,8 +61,8 @@ def main() -> None:
         ])
 
     def write_docs(name: str, texts: list[str]) -> None:
-        write_arrow(str(work / f"{name}-source"), pa.table({"id": [f"c{i}" for i in range(len(texts))],
-                                                           "text": texts}))
+        write_deltalake(str(work / f"{name}-source"), pa.table({"id": [f"c{i}" for i in range(len(texts))],
+                                                               "text": texts}), mode="overwrite", schema_mode="overwrite")
 
     embedder.embed(chunks[:64])  # warm-up
     started = time.perf_counter()
