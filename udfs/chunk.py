@@ -8,6 +8,7 @@ import pandas as pd
 
 from mlabatch.models.embedding.chunking import split_text
 from mlabatch.models.embedding.pooling import pool_windows
+from mlabatch.models.registry.resolve import MlflowStores
 from mlabatch.udfs.inputs import input_error
 from mlabatch.udfs.model_cache import get_tokenizer
 
@@ -21,10 +22,13 @@ def chunk_documents(model_ref: str, max_tokens: int, overlap: int,
     """A function for `df.mapInPandas(f, CHUNK_SCHEMA)`: one row per window of each document.
 
     Documents that cannot be embedded (null, empty, rejected) pass through as chunk 0 so that they
-    still get an output row carrying the error.
+    still get an output row carrying the error. Workers resolve a models:/ `model_ref` in the MLflow
+    registry the driver has now.
     """
+    stores = MlflowStores.current()  # the driver's registry, for workers to resolve models:/ URIs in
+
     def chunk(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        tokenizer = get_tokenizer(model_ref)
+        tokenizer = get_tokenizer(model_ref, stores)
         for docs in batches:
             rows = []
             for doc_id, text, content_hash, doc_error in docs[["id", "text", "content_hash", "doc_error"]].itertuples(index=False):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from mlabatch.models.generation.config import EngineConfig, SamplingParams
+from mlabatch.models.registry.resolve import MlflowStores
 from mlabatch.udfs.devices import device_udf
 from mlabatch.udfs.model_cache import get_engine
 from mlabatch.udfs.rows import run_rows
@@ -18,9 +19,12 @@ GENERATE_RESULT_TYPE = ("text string, prompt_tokens int, generated_tokens int, f
 
 
 def generate_series(prompts: pd.Series, model_ref: str, device: str, sampling: SamplingParams,
-                    engine: EngineConfig = EngineConfig()) -> pd.DataFrame:
-    """Continue one batch of prompts; rows that cannot be continued get an error instead of text."""
-    generator = get_engine("generator", model_ref, device, engine)
+                    engine: EngineConfig = EngineConfig(), stores: MlflowStores | None = None) -> pd.DataFrame:
+    """Continue one batch of prompts; rows that cannot be continued get an error instead of text.
+
+    `stores` is where a models:/ `model_ref` is looked up (None: this process's MLflow settings).
+    """
+    generator = get_engine("generator", model_ref, stores, device, engine)
     rows, errors = run_rows(prompts, lambda batch: generator.generate(batch, sampling), "prompt",
                             "generation failed")
     return pd.DataFrame({
@@ -38,10 +42,12 @@ def generate_udf(model_uri: str, sampling: SamplingParams = SamplingParams(), en
     """A pandas UDF for `df.withColumn("g", generate_udf(uri, SamplingParams(...))("prompt"))`; a struct column.
 
     Create it once and reuse it. `model_uri` is a converted decoder (models:/ URI or a directory every
-    worker can read). A row's text depends only on its prompt, `sampling` and its seed, so a retried
-    task reproduces it.
+    worker can read; workers resolve a models:/ URI in the registry the driver has now). A row's text
+    depends only on its prompt, `sampling` and its seed, so a retried task reproduces it.
     """
+    stores = MlflowStores.current()  # the driver's registry, for workers to resolve models:/ URIs in
+
     def generate(prompts: pd.Series, task_device: str) -> pd.DataFrame:
-        return generate_series(prompts, model_uri, task_device, sampling, engine)
+        return generate_series(prompts, model_uri, task_device, sampling, engine, stores)
 
     return device_udf(generate, GENERATE_RESULT_TYPE, device)

@@ -5,7 +5,7 @@ import pytest
 
 from mlabatch.jobs.config import load_settings
 from mlabatch.models.registry.load import load_model
-from mlabatch.models.registry.resolve import ModelNotFoundError, resolve_model
+from mlabatch.models.registry.resolve import MlflowStores, ModelNotFoundError, resolve_model
 from mlabatch.pipelines.tracking import configure_mlflow
 
 
@@ -47,3 +47,40 @@ def test_unresolvable_uri_names_the_fix(registry):
         resolve_model("models:/no-such-model@champion")
     with pytest.raises(ModelNotFoundError, match="alias"):
         resolve_model("models:/no-such-model")
+
+
+def test_resolution_uses_the_stores_it_is_handed(registry, tmp_path, monkeypatch):
+    """A Spark worker's MLflow globals are not the driver's: resolving must read only the stores passed
+    in, and an unresolved URI names the registry searched and where the URI was set."""
+    import mlflow
+
+    from mlabatch.jobs.models import prepare
+
+    prepare(registry)
+    driver = MlflowStores.current()
+    worker_dir = tmp_path / "worker"
+    worker_dir.mkdir()
+    monkeypatch.chdir(worker_dir)
+    elsewhere = f"sqlite:///{tmp_path}/elsewhere.db"  # this process's MLflow globals now point elsewhere
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", elsewhere)
+    monkeypatch.setattr(mlflow.tracking._model_registry.utils, "_registry_uri", elsewhere)
+
+    model = resolve_model("models:/mlabatch-minilm@champion", driver)
+    assert model.version == "mlabatch-minilm/1" and (model.local_dir / "model.safetensors").exists()
+    assert list(worker_dir.iterdir()) == []  # no ./mlflow.db, no ./mlruns
+
+    with pytest.raises(ModelNotFoundError) as err:
+        resolve_model("models:/mlabatch-minilm@champion", setting="generate.model_uri")
+    assert f"registry at {elsewhere}" in str(err.value) and "(generate.model_uri)" in str(err.value)
+    assert "mlflow.set_registry_uri" in str(err.value) and "mlflow.registry_uri" in str(err.value)
+
+
+def test_stores_name_sqlite_files_by_absolute_path(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", "sqlite:///data/mlflow.db")
+    monkeypatch.setattr(mlflow.tracking._model_registry.utils, "_registry_uri", None)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)  # the registry follows the tracking URI
+    assert MlflowStores.current() == MlflowStores(registry_uri=f"sqlite:///{tmp_path}/data/mlflow.db",
+                                                  tracking_uri=f"sqlite:///{tmp_path}/data/mlflow.db")

@@ -28,7 +28,7 @@ def test_a_row_that_breaks_the_model_is_isolated(monkeypatch, embedder):
                 raise RuntimeError("cannot embed this")
             return embedder.embed_with_counts(texts)
 
-    monkeypatch.setattr(embed_module, "get_engine", lambda kind, ref, device, budget: Fragile())
+    monkeypatch.setattr(embed_module, "get_engine", lambda kind, ref, stores, device, budget: Fragile())
     out = embed_series(pd.Series(["fine", "POISON pill", "also fine"]), "unused", "cpu")
     assert out["error"][1] == "embedding failed: RuntimeError: cannot embed this"
     assert out["error"][0] is None and out["error"][2] is None
