@@ -126,10 +126,18 @@ class Generator:
                                               add_generation_prompt=True)
 
     def _sequence(self, index: int, prompt: str | list[int], params: SamplingParams) -> Sequence:
+        """The prompt as a Sequence, cut to leave room for `params.max_new_tokens` in the context.
+
+        A cut drops the prompt's beginning (its end is what the continuation follows) and sets
+        `truncated`. When `max_new_tokens` alone fills the context no prompt leaves room for all of it;
+        the prompt then keeps up to context - 1 tokens, and generation ends at the context limit
+        (finish_reason "context").
+        """
         ids = self._encode(prompt)
         if not ids:
             raise ValueError(f"prompt {index} has no tokens")
-        keep = self.max_context - 1  # room for at least one new token
+        room = self.max_context - params.max_new_tokens
+        keep = room if room >= 1 else self.max_context - 1
         truncated = len(ids) > keep
         return Sequence(index, ids[-keep:] if truncated else ids, params, self.max_context, truncated)
 

@@ -153,10 +153,23 @@ def test_seeds_reproduce_across_batches_and_differ_between_seeds(tiny):
 def test_context_limit_and_truncated_prompts(tiny):
     engine = _engine(tiny)  # context 256
     near, over = _prompts([250, 400])
-    outs = engine.generate([near, over], SamplingParams(max_new_tokens=20, ignore_eos=True))
+    # max_new_tokens fills the whole context: prompts keep up to 255 tokens and generation stops at the limit
+    outs = engine.generate([near, over], SamplingParams(max_new_tokens=256, ignore_eos=True))
     assert (outs[0].finish_reason, outs[0].generated_tokens, outs[0].truncated) == ("context", 6, False)
     assert (outs[1].finish_reason, outs[1].prompt_tokens, outs[1].generated_tokens, outs[1].truncated) == (
         "context", 255, 1, True)
+
+
+def test_a_long_prompt_is_cut_to_leave_room_for_max_new_tokens(tiny):
+    engine = _engine(tiny)  # context 256
+    long_prompt, fits = _prompts([1000, 192])
+    outs = engine.generate([long_prompt, fits], SamplingParams(max_new_tokens=64, ignore_eos=True))
+    assert (outs[0].finish_reason, outs[0].prompt_tokens, outs[0].generated_tokens, outs[0].truncated) == (
+        "length", 192, 64, True)
+    assert outs[0].token_ids == engine.generate([long_prompt[-192:]], SamplingParams(max_new_tokens=64,
+                                                                                    ignore_eos=True))[0].token_ids
+    assert (outs[1].finish_reason, outs[1].prompt_tokens, outs[1].generated_tokens, outs[1].truncated) == (
+        "length", 192, 64, False)
 
 
 def test_empty_prompt_is_refused(tiny):
