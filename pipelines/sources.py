@@ -1,7 +1,12 @@
 """Reading a keyed text table (documents or prompts) the same way for every pipeline.
 
-Checks the configured columns before any work, hashes each text, turns duplicated ids into one error
-row, and says how many tasks can run at once.
+Checks the configured columns before any work, hashes each text, turns texts that are not valid UTF-8
+and duplicated ids into error rows, and says how many tasks can run at once.
+
+Texts that are not valid UTF-8 are caught here, in Spark, because they cannot reach Python at all:
+Arrow refuses them when it hands a batch to a worker, which fails the whole task. Such a text is
+replaced by null and its row carries the error; its hash is of the original bytes, so fixing the
+source row makes it new again.
 """
 from __future__ import annotations
 
@@ -20,7 +25,10 @@ class SourceSchemaError(ValueError):
 
 def load_texts(spark: SparkSession, table: str, id_column: str, text_column: str,
                setting_keys: tuple[str, str]) -> DataFrame:
-    """Rows of `table` as (id, text, content_hash); `setting_keys` name the column settings in errors."""
+    """Rows of `table` as (id, text, content_hash, text_error); `setting_keys` name the column settings in errors.
+
+    `text_error` is set (and `text` null) where the stored text is not valid UTF-8.
+    """
     src = read_table(spark, table)
     missing = [c for c in (id_column, text_column) if c not in src.columns]
     id_key, text_key = setting_keys
@@ -33,26 +41,33 @@ def load_texts(spark: SparkSession, table: str, id_column: str, text_column: str
         raise SourceSchemaError(
             f"{table}.{text_column} is {text_type.simpleString()}, not string; "
             f"use a string column (cast it in a view) or set {text_key}")
+    text = F.col(text_column)
+    invalid = ~F.is_valid_utf8(text)  # null for a null text: not an error here
     return src.select(
         F.col(id_column).cast("string").alias("id"),
-        F.col(text_column).alias("text"),
-    ).withColumn("content_hash", F.sha2(F.coalesce(F.col("text"), F.lit(NULL_TEXT_HASH)), 256))
+        F.when(invalid, F.lit(None)).otherwise(text).alias("text"),
+        F.sha2(F.coalesce(text, F.lit(NULL_TEXT_HASH)), 256).alias("content_hash"),
+        F.when(invalid, F.lit(f"{text_column} is not valid UTF-8")).alias("text_error"),
+    )
 
 
 def one_row_per_id(src: DataFrame) -> DataFrame:
-    """(id, text, content_hash, doc_error): duplicated ids become one error row, never a silent pick."""
+    """(id, text, content_hash, doc_error, copies): duplicated ids become one error row, never a silent
+    pick; otherwise `doc_error` is the row's `text_error`. `copies` counts the source rows of the id."""
     grouped = src.groupBy("id").agg(
-        F.count("*").alias("n"),
+        F.count("*").alias("copies"),
         F.first("text").alias("text"),
+        F.first("text_error").alias("text_error"),
         F.sort_array(F.collect_list("content_hash")).alias("hashes"),
     )
-    duplicated = F.col("n") > 1
+    duplicated = F.col("copies") > 1
     return grouped.select(
         "id",
         F.when(duplicated, F.lit(None).cast("string")).otherwise(F.col("text")).alias("text"),
         F.when(duplicated, F.sha2(F.concat_ws(",", "hashes"), 256)).otherwise(F.col("hashes")[0]).alias("content_hash"),
-        F.when(duplicated, F.format_string("id appears %d times in the source; ids must be unique", "n"))
-        .alias("doc_error"),
+        F.when(duplicated, F.format_string("id appears %d times in the source; ids must be unique", "copies"))
+        .otherwise(F.col("text_error")).alias("doc_error"),
+        "copies",
     )
 
 

@@ -42,3 +42,36 @@ def test_unknown_model_dir_fails_with_the_fix(tmp_path):
         resolve_model(str(tmp_path / "missing"))
     with pytest.raises(ModelNotFoundError, match="config.json"):
         resolve_model(str(tmp_path))
+
+
+INVISIBLE_ONLY = ["\u200b\u200c\u200d", "\u2060\ufeff", "\x00\x07\x1b", "\u00ad \u2028\u2029\t"]
+
+
+def test_texts_that_show_nothing_are_empty_for_embedding_and_chunking(minilm_dir):
+    from mlabatch.udfs.chunk import chunk_documents
+
+    out = embed_series(pd.Series(INVISIBLE_ONLY + ["zero\u200bwidth inside"]), str(minilm_dir), "cpu")
+    assert list(out["error"]) == ["text is empty or whitespace"] * 4 + [None]
+    assert out["embedding"][4] is not None
+
+    docs = pd.DataFrame({"id": ["a", "b"], "text": [INVISIBLE_ONLY[0], "visible"], "content_hash": ["h1", "h2"],
+                         "doc_error": [None, None]})
+    chunks = next(chunk_documents(str(minilm_dir), 128, 16, 4)(iter([docs])))
+    assert chunks[["id", "chunk", "n_tokens"]].values.tolist() == [["a", 0, 0], ["b", 0, 3]]  # a passes through to get its error
+
+
+def test_prompts_that_show_nothing_never_reach_the_generator(monkeypatch):
+    from mlabatch.models.generation.config import SamplingParams
+    from mlabatch.models.generation.engine import Output
+    from mlabatch.udfs import generate as generate_module
+
+    class Echo:
+        def generate(self, prompts, sampling):
+            assert all(p == "a real prompt" for p in prompts)
+            return [Output(p, [1], 3, 1, "length", False) for p in prompts]
+
+    monkeypatch.setattr(generate_module, "get_engine", lambda kind, ref, stores, device, engine: Echo())
+    out = generate_module.generate_series(pd.Series(INVISIBLE_ONLY + ["a real prompt"]), "unused", "cpu",
+                                          SamplingParams())
+    assert list(out["error"]) == ["prompt is empty or whitespace"] * 4 + [None]
+    assert out["text"][4] == "a real prompt"
