@@ -37,7 +37,8 @@ class MlflowStores:
         """
         import mlflow
 
-        return cls(registry_uri=_absolute(mlflow.get_registry_uri()), tracking_uri=_absolute(mlflow.get_tracking_uri()))
+        return cls(registry_uri=_absolute(mlflow.get_registry_uri()),
+                   tracking_uri=_absolute(mlflow.get_tracking_uri()))
 
 
 def _absolute(store_uri: str) -> str:

@@ -57,7 +57,8 @@ def test_texts_that_show_nothing_are_empty_for_embedding_and_chunking(minilm_dir
     docs = pd.DataFrame({"id": ["a", "b"], "text": [INVISIBLE_ONLY[0], "visible"], "content_hash": ["h1", "h2"],
                          "doc_error": [None, None]})
     chunks = next(chunk_documents(str(minilm_dir), 128, 16, 4)(iter([docs])))
-    assert chunks[["id", "chunk", "n_tokens"]].values.tolist() == [["a", 0, 0], ["b", 0, 3]]  # a passes through to get its error
+    # "a" is not split but passes through as chunk 0 with no tokens, for the embed UDF to give it its error
+    assert chunks[["id", "chunk", "n_tokens"]].values.tolist() == [["a", 0, 0], ["b", 0, 3]]
 
 
 def test_prompts_that_show_nothing_never_reach_the_generator(monkeypatch):
