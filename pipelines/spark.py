@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+from importlib import resources
 
 from pyspark.sql import SparkSession
 
@@ -10,20 +11,28 @@ from mlabatch.pipelines.settings import SparkSettings
 from mlabatch.pipelines.tables import on_databricks
 
 
-def get_spark(settings: SparkSettings) -> SparkSession:
-    """Return the active session on Databricks; otherwise start local Spark with Arrow tuned for UDFs."""
+def get_spark(settings: SparkSettings, quiet: bool = False) -> SparkSession:
+    """Return the active session on Databricks; otherwise start local Spark with Arrow tuned for UDFs.
+
+    `quiet` (the CLI's -q) starts local Spark with errors-only logging and no progress bars: its warnings
+    at start-up come before `setLogLevel` can act, so the JVM gets a logging configuration of its own.
+    """
     if on_databricks():
         spark = SparkSession.builder.getOrCreate()
     else:
         # Workers must run this interpreter (with mlabatch installed), not whatever `python3` is on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+        builder = SparkSession.builder
+        if quiet:
+            log_conf = resources.files("mlabatch.conf") / "log4j2-quiet.properties"
+            builder = builder.config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={log_conf}")
         spark = (
-            SparkSession.builder.master(settings.master or "local[2,4]")
+            builder.master(settings.master or "local[2,4]")
             .appName("mlabatch")
             .config("spark.driver.memory", "4g")
             .config("spark.sql.shuffle.partitions", "8")
-            .config("spark.ui.showConsoleProgress", "true")
+            .config("spark.ui.showConsoleProgress", str(not quiet).lower())
             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
             .config("spark.python.worker.reuse", "true")  # keeps each worker's loaded model between tasks
             .getOrCreate()
