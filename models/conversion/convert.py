@@ -371,6 +371,9 @@ def convert(hf_dir: str | Path, config: MLAConfig, out_dir: str | Path, stats_ca
                    "kernel_head_dim_v": kernel_head_dim_v, "kernel_d_rope": kernel_d_rope}
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    # safetensors writes a private temporary file (mode 0600) and renames it; the weights are meant to be
+    # shared (a volume other jobs read, MLflow's copy), so they get the usual 0644.
+    (out_dir / "model.safetensors").chmod(0o644)
     for name in _COPY:
         if (hf_dir / name).is_file():
             shutil.copy2(hf_dir / name, out_dir / name)
