@@ -55,7 +55,7 @@ def main() -> None:
     def settings(name: str):
         return load_settings([], [
             f"source.table={work}/{name}-source", f"target.table={work}/{name}-target",
-            f"model.uri={model_dir}", "source.build_sample_if_missing=false",
+            f"model.uri={model_dir}",
             f"mlflow.tracking_uri=sqlite:///{work}/mlflow.db", f"mlflow.registry_uri=sqlite:///{work}/mlflow.db",
             f"mlflow.artifact_location={work}/artifacts",
         ])

@@ -8,11 +8,8 @@ from typing import Any, Iterable
 import yaml
 from pydantic import ValidationError
 
+from mlabatch.pipelines.errors import SettingsError
 from mlabatch.pipelines.settings import Settings
-
-
-class SettingsError(ValueError):
-    """A settings problem, worded so the user knows which key to fix and how."""
 
 
 def _read_yaml(text: str, origin: str) -> dict[str, Any]:
@@ -73,6 +70,8 @@ def _explain(err: ValidationError) -> str:
             lines.append(f"  {where}: unknown key (known here: {known})")
         elif problem["type"] == "missing":
             lines.append(f"  {where}: required; set it in a conf file or with --set {where}=...")
+        elif isinstance(problem.get("input"), dict):  # a check across keys: its message names them
+            lines.append(f"  {where}: {problem['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  {where}: {problem['msg']} (got {problem.get('input')!r})")
     return "invalid settings:\n" + "\n".join(lines) + "\nfix the conf file or the --set override named above"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -12,8 +13,9 @@ from mlabatch.models.conversion.fidelity import fidelity_report, write_report
 from mlabatch.models.registry.bundled import bundled_minilm_dir
 from mlabatch.models.registry.register import register_model
 from mlabatch.models.registry.resolve import ResolvedModel
+from mlabatch.pipelines.checks import connect_mlflow
+from mlabatch.pipelines.errors import CannotRunError
 from mlabatch.pipelines.settings import ConvertSettings, Settings
-from mlabatch.pipelines.tracking import configure_mlflow
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +42,30 @@ def mla_config(cfg: ConvertSettings) -> MLAConfig:
                                                    max_tokens=cfg.calibration_max_tokens))
 
 
+def check_output_dir(cfg: ConvertSettings) -> None:
+    """Stop before any work when output_dir already holds files and convert.overwrite is not set: a model
+    there (perhaps the one a generate job loads) must not be replaced silently."""
+    out_dir = Path(cfg.output_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not cfg.overwrite:
+        raise CannotRunError(
+            f"convert.output_dir={cfg.output_dir} already holds files (a converted model?); nothing was "
+            "converted. Pick another convert.output_dir, or replace it: --set convert.overwrite=true")
+
+
 def run_convert(settings: Settings) -> tuple[ResolvedModel, dict]:
     """Convert, write fidelity.json beside the weights, log both to MLflow and register under the alias."""
     cfg = settings.convert
     request = mla_config(cfg)
-    configure_mlflow(settings.mlflow)
+    check_output_dir(cfg)
+    connect_mlflow(settings.mlflow)
     out_dir = Path(cfg.output_dir)
     src = source_dir(cfg.source, out_dir.parent)
     with mlflow.start_run(run_name=f"convert {src.name} -> MLA"):
         mlflow.log_params({"source": str(src), "method": cfg.method, "d_c": cfg.d_c, "d_rope": cfg.d_rope,
                            "calibration_texts": cfg.calibration_texts})
         log.info("converting %s (%s, d_c=%s, d_rope=%s) into %s", src, cfg.method, cfg.d_c, cfg.d_rope, out_dir)
+        if cfg.overwrite:
+            shutil.rmtree(out_dir, ignore_errors=True)
         convert(src, request, out_dir)
         log.info("measuring fidelity on held-out text")
         report = fidelity_report(src, out_dir)
@@ -65,11 +80,15 @@ def run_convert(settings: Settings) -> tuple[ResolvedModel, dict]:
 def summary(model: ResolvedModel, report: dict, settings: Settings) -> str:
     """What the conversion cost and saved, and how to use the result."""
     cfg = settings.convert
-    quality = (f"cosine to the original: mean {report['cosine_mean']:.5f}, min {report['cosine_min']:.5f}"
-               if "cosine_mean" in report else
-               f"perplexity {report['ppl_original']:.2f} -> {report['ppl_converted']:.2f} "
-               f"(x{report['ppl_converted'] / report['ppl_original']:.3f}), "
-               f"top-1 agreement {report['top1_agreement']:.3f}")
+    uri = f"models:/{cfg.name}@{cfg.alias}"
+    if "cosine_mean" in report:  # an encoder
+        quality = f"cosine to the original: mean {report['cosine_mean']:.5f}, min {report['cosine_min']:.5f}"
+        use = f"  embed with it     mlabatch embed --set model.uri={uri}"
+    else:
+        quality = (f"perplexity {report['ppl_original']:.2f} -> {report['ppl_converted']:.2f} "
+                   f"(x{report['ppl_converted'] / report['ppl_original']:.3f}), "
+                   f"top-1 agreement {report['top1_agreement']:.3f}")
+        use = f"  generate with it  mlabatch generate --set generate.model_uri={uri}"
     return "\n".join([
         f"mlabatch convert: {report['model']} -> MLA ({report['method']}, d_c={report['d_c']}, "
         f"d_rope={report['d_rope']})",
@@ -77,6 +96,6 @@ def summary(model: ResolvedModel, report: dict, settings: Settings) -> str:
         f"values per layer ({report['kv_bytes_per_token_before']:,} -> {report['kv_bytes_per_token_after']:,} bytes)",
         f"  quality           {quality}",
         f"  report            {Path(cfg.output_dir) / 'fidelity.json'} (also in the MLflow run)",
-        f"  registered        {model.version} as models:/{cfg.name}@{cfg.alias}",
-        f"  embed with it     mlabatch embed --set model.uri=models:/{cfg.name}@{cfg.alias}",
+        f"  registered        {model.version} as {uri}",
+        use,
     ])

@@ -5,30 +5,24 @@ import logging
 
 import mlflow
 
-from mlabatch.jobs.sample_data import sample_documents
-from mlabatch.models.registry.resolve import resolve_model
+from mlabatch.pipelines.checks import preflight_embed
 from mlabatch.pipelines.embedding import EmbedStats, embed_documents
 from mlabatch.pipelines.settings import Settings
 from mlabatch.pipelines.spark import get_spark
-from mlabatch.pipelines.tables import TableNotFoundError, on_databricks, table_exists, write_table
-from mlabatch.pipelines.tracking import configure_mlflow, run_params
+from mlabatch.pipelines.tables import on_databricks
+from mlabatch.pipelines.tracking import run_params
 
 log = logging.getLogger(__name__)
 
 
-def run_embed(settings: Settings, embed_column=None) -> tuple[EmbedStats, str]:
-    """Check the model and source first, then run the pipeline inside an MLflow run; returns (stats, run id)."""
-    configure_mlflow(settings.mlflow)
-    log.info("resolving model %s", settings.model.uri)
-    model = resolve_model(settings.model.uri)
-    spark = get_spark(settings.spark)
-    if not table_exists(spark, settings.source.table):
-        if not settings.source.build_sample_if_missing:
-            raise TableNotFoundError(
-                f"source table {settings.source.table} does not exist; create it, point source.table "
-                "at an existing table, or set source.build_sample_if_missing=true for sample data")
-        log.info("building the sample documents table at %s", settings.source.table)
-        write_table(spark, spark.createDataFrame(sample_documents()), settings.source.table)
+def run_embed(settings: Settings, embed_column=None, quiet: bool = False) -> tuple[EmbedStats, str]:
+    """Run every driver-side check (`preflight_embed`), then the pipeline inside an MLflow run.
+
+    Returns (stats, MLflow run id). `quiet` silences Spark's own logging (the CLI's -q).
+    """
+    log.info("checking settings, MLflow, model %s and tables", settings.model.uri)
+    model = preflight_embed(settings)
+    spark = get_spark(settings.spark, quiet)
     # Local workers share this machine's disk, so they load the directory already downloaded here;
     # on a cluster each worker resolves the URI itself.
     worker_ref = settings.model.uri if on_databricks() else str(model.local_dir)
@@ -50,9 +44,10 @@ def summary(stats: EmbedStats, settings: Settings, run_id: str) -> str:
         f"  rows read            {stats.rows_read:,} ({stats.rows_without_id} without id, "
         f"{stats.duplicate_ids} duplicated ids)",
         f"  documents embedded   {stats.new:,}   unchanged (skipped) {stats.skipped:,}   "
-        f"deleted {stats.deleted:,}",
+        f"gone from the source {stats.deleted:,}",
         f"  chunks embedded      {stats.chunks_embedded:,}   errors {stats.errors:,}   "
-        f"truncated {stats.truncated:,}   stale removed {stats.rows_removed:,}",
+        f"truncated {stats.truncated:,}",
+        f"  target rows deleted  {stats.rows_removed:,} (of documents gone or changed)",
         f"  throughput           {stats.throughput:,.1f} docs/s ({stats.tokens:,} tokens)",
         f"  output (Delta)       {target}",
         f"  query it             {query}",

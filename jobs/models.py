@@ -6,8 +6,8 @@ import mlflow
 from mlabatch.models.registry.bundled import bundled_minilm_dir
 from mlabatch.models.registry.register import register_model
 from mlabatch.models.registry.resolve import ResolvedModel
+from mlabatch.pipelines.checks import connect_mlflow
 from mlabatch.pipelines.settings import Settings
-from mlabatch.pipelines.tracking import configure_mlflow
 
 
 def alias_exists(name: str, alias: str) -> bool:
@@ -21,5 +21,5 @@ def alias_exists(name: str, alias: str) -> bool:
 
 def prepare(settings: Settings) -> ResolvedModel:
     """Log the bundled MiniLM as a pyfunc, register it as model.name and set model.alias."""
-    configure_mlflow(settings.mlflow)
+    connect_mlflow(settings.mlflow)
     return register_model(bundled_minilm_dir(), settings.model.name, settings.model.alias)

@@ -7,6 +7,7 @@ delta-rs (`deltalake`) and handed to and from Spark as Arrow. Either way the tab
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -23,16 +24,36 @@ def _is_path(name: str) -> bool:
     return "/" in name
 
 
-def _local_path(name: str) -> str:
+def where_problem(name: str) -> str | None:
+    """Why `name` cannot be a table where this process runs, or None when it can.
+
+    Locally Spark has no Delta metastore, so a catalog name cannot work: tables are paths. On Databricks a
+    path must be absolute (a /Volumes path) or a URI (dbfs:/, s3://, ...): a relative one would land in the
+    driver's working directory, which no worker shares.
+    """
+    if on_databricks():
+        if _is_path(name) and not (name.startswith("/") or re.match(r"^[a-z][a-z0-9+.-]*:/", name)):
+            return "a relative path means nothing on a cluster; give catalog.schema.table or a /Volumes/... path"
+        return None
     if not _is_path(name):
-        raise ValueError(
-            f"table {name!r} is a catalog table name, which needs Databricks; "
-            "locally give a path such as data/tables/documents")
+        return ("a catalog table name needs Databricks (locally there is no metastore with Delta); "
+                "give a path such as data/tables/documents")
+    return None
+
+
+def _local_path(name: str) -> str:
+    problem = where_problem(name)
+    if problem:
+        raise ValueError(f"table {name!r}: {problem}")
     return str(Path(name).expanduser().resolve())
 
 
+def _databricks_table(spark, name: str):
+    return spark.read.format("delta").load(name) if _is_path(name) else spark.table(name)
+
+
 def table_exists(spark, name: str) -> bool:
-    """Whether `name` is an existing Delta table."""
+    """Whether `name` is an existing Delta table (`spark` is needed on Databricks only)."""
     if on_databricks():
         if _is_path(name):
             from delta.tables import DeltaTable as SparkDeltaTable
@@ -49,11 +70,25 @@ def read_table(spark, name: str):
     if not table_exists(spark, name):
         raise TableNotFoundError(f"table {name} does not exist; check source.table/target.table or create it")
     if on_databricks():
-        return spark.read.format("delta").load(name) if _is_path(name) else spark.table(name)
+        return _databricks_table(spark, name)
     from deltalake import DeltaTable
 
     arrow = DeltaTable(_local_path(name)).to_pyarrow_table()
     return spark.createDataFrame(arrow)
+
+
+def table_columns(spark, name: str) -> dict[str, str]:
+    """Column name -> Spark type (e.g. "array<float>") of an existing Delta table, from its metadata alone
+    (`spark` is needed on Databricks only)."""
+    if on_databricks():
+        schema = _databricks_table(spark, name).schema  # lazy: no Spark job
+    else:
+        import pyarrow as pa
+        from deltalake import DeltaTable
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        schema = from_arrow_schema(pa.schema(DeltaTable(_local_path(name)).schema().to_arrow()))
+    return {field.name: field.dataType.simpleString() for field in schema}
 
 
 def write_table(spark, df, name: str) -> None:

@@ -59,7 +59,6 @@ def make_settings(tmp_path, minilm_dir):
             f"source.table={tmp_path}/source",
             f"target.table={tmp_path}/target",
             f"model.uri={minilm_dir}",
-            "source.build_sample_if_missing=false",
             "embed.max_tokens=128",
             "embed.overlap_tokens=16",
             "embed.token_budget=512",

@@ -1,5 +1,7 @@
 """`mlabatch convert`: convert, report, log to MLflow, register; the alias then embeds like the original."""
 import json
+import stat
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -8,7 +10,9 @@ import pytest
 from mlabatch.jobs.config import load_settings
 from mlabatch.jobs.convert import run_convert, summary
 from mlabatch.models.conversion.config import ConversionError
+from mlabatch.models.registry.resolve import ResolvedModel
 from mlabatch.models.registry.load import load_model
+from mlabatch.pipelines.errors import CannotRunError
 
 
 @pytest.fixture()
@@ -42,7 +46,33 @@ def test_exact_conversion_is_registered_reported_and_embeds_like_the_original(se
     assert ((converted * original).sum(1)).min() >= 0.99999  # both are unit vectors
 
     text = summary(model, report, cfg)
-    assert "768 -> 384" in text and "models:/minilm-mla@exact" in text
+    assert "768 -> 384" in text and "mlabatch embed --set model.uri=models:/minilm-mla@exact" in text
+    weights = Path(cfg.convert.output_dir) / "model.safetensors"
+    assert stat.S_IMODE(weights.stat().st_mode) == 0o644  # readable like the other files, not 0600
+
+
+def test_a_second_conversion_into_the_same_directory_stops_unless_told_to_overwrite(settings, tmp_path):
+    out = tmp_path / "minilm-mla"
+    out.mkdir()
+    (out / "model.safetensors").write_text("the first model")
+    with pytest.raises(CannotRunError, match=r"convert.output_dir=.*--set convert.overwrite=true"):
+        run_convert(settings("convert.method=exact"))
+    assert (out / "model.safetensors").read_text() == "the first model"
+    assert not (tmp_path / "mlflow.db").exists()  # stopped before MLflow, let alone a conversion
+
+    model, _ = run_convert(settings("convert.method=exact", "convert.overwrite=true"))
+    assert (out / "mla_config.json").is_file() and (model.local_dir / "mla_config.json").is_file()
+
+
+def test_a_converted_decoder_is_pointed_at_generate(settings):
+    report = {"model": "smollm2", "method": "exact", "d_c": 512, "d_rope": 64, "kv_values_per_token_before": 640,
+              "kv_values_per_token_after": 576, "kv_bytes_per_token_before": 1280, "kv_bytes_per_token_after": 1152,
+              "ppl_original": 10.0, "ppl_converted": 10.0, "top1_agreement": 1.0}
+    cfg = settings("convert.name=smollm2-mla")
+    model = ResolvedModel(uri="models:/smollm2-mla@champion", local_dir=Path("."), version="smollm2-mla/1")
+    text = summary(model, report, cfg)
+    assert "mlabatch generate --set generate.model_uri=models:/smollm2-mla@champion" in text
+    assert "mlabatch embed" not in text
 
 
 def test_impossible_request_fails_before_any_work(settings, tmp_path):

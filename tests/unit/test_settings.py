@@ -1,4 +1,6 @@
 """Settings: defaults, overlays, overrides, and errors that name the key and the fix."""
+from pathlib import Path
+
 import pytest
 
 from mlabatch.jobs.config import SettingsError, load_settings
@@ -42,6 +44,26 @@ def test_bad_settings_name_key_and_fix(override, words):
         load_settings([], [override])
     for word in words:
         assert word in str(err.value)
+
+
+@pytest.mark.parametrize("source, target", [
+    ("data/tables/documents", "data/tables/documents/"),
+    ("data/tables/documents", "./data/tables/documents"),
+    ("data/tables/documents", "data/other/../tables/documents"),
+    ("data/tables/documents", str(Path("data/tables/documents").resolve())),
+    ("main.docs.pages", "MAIN.docs.Pages"),
+])
+def test_one_table_spelled_two_ways_is_the_same_table(source, target):
+    with pytest.raises(SettingsError, match="source.table and target.table are the same table"):
+        load_settings([], [f"source.table={source}", f"target.table={target}"])
+    with pytest.raises(SettingsError, match="generate.source_table and generate.target_table are the same table"):
+        load_settings([], [f"generate.source_table={source}", f"generate.target_table={target}"])
+
+
+def test_a_same_table_error_names_the_keys_without_echoing_every_setting():
+    with pytest.raises(SettingsError) as err:
+        load_settings([], ["target.table=data/tables/documents/"])
+    assert "same table" in str(err.value) and "max_tokens" not in str(err.value)
 
 
 def test_unknown_conf_name_lists_choices():
