@@ -13,7 +13,7 @@ from tokenizers import Tokenizer
 from mlabatch.models.embedding.engine import Embedder, load_embedder
 from mlabatch.models.generation.config import EngineConfig
 from mlabatch.models.generation.engine import Generator, load_generator
-from mlabatch.models.registry.resolve import MlflowStores, resolve_model
+from mlabatch.models.registry.resolve import MlflowStores, local_dir
 from mlabatch.models.tokenizer import load_tokenizer
 
 _LOADERS = {"embedder": load_embedder, "generator": load_generator}
@@ -28,8 +28,7 @@ def local_model_dir(model_ref: str, stores: MlflowStores | None) -> Path:
 
     `stores` None means this process's own MLflow settings, which on a worker are not the driver's.
     """
-    path = Path(model_ref)
-    return path if path.is_dir() else resolve_model(model_ref, stores, UDF_SETTING).local_dir
+    return local_dir(model_ref, stores, UDF_SETTING)
 
 
 def get_engine(kind: Literal["embedder", "generator"], model_ref: str, stores: MlflowStores | None, device: str,

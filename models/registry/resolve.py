@@ -96,10 +96,11 @@ def resolve_model(uri: str, stores: MlflowStores | None = None, setting: str = "
     return ResolvedModel(uri=uri, local_dir=model_dir, version=_dir_version(model_dir))
 
 
-def local_dir(ref: str | Path) -> Path:
-    """A model directory for `ref`: `ref` itself when it is a directory, else the registry model it names."""
+def local_dir(ref: str | Path, stores: MlflowStores | None = None, setting: str = "model.uri") -> Path:
+    """A model directory for `ref`: `ref` itself when it is a directory, else the registry model it names
+    (looked up in `stores`, as `resolve_model` does)."""
     path = Path(ref)
-    return path if path.is_dir() else resolve_model(str(ref)).local_dir
+    return path if path.is_dir() else resolve_model(str(ref), stores, setting).local_dir
 
 
 def _resolve_mlflow(uri: str, stores: MlflowStores, setting: str) -> ResolvedModel:
