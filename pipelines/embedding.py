@@ -1,8 +1,9 @@
 """The embedding pipeline: documents -> token windows -> embed UDF -> one target row per (id, chunk).
 
 Runs on the incremental skeleton: a document is embedded again only when its (id, content hash, model
-version, chunking) is not yet in the target; chunks left over from a shortened or deleted document
-are removed in the same MERGE.
+version, chunking) is not yet in the target; the results are MERGEd in increments of
+target.ids_per_increment documents, and chunks left over from a shortened or deleted document are
+removed once all increments are in.
 """
 from __future__ import annotations
 
@@ -75,5 +76,7 @@ def embed_documents(spark: SparkSession, settings: Settings, model: ResolvedMode
         target_table=settings.target.table, keys=KEYS, hash_column="content_hash",
         fingerprint={"model_version": model.version, "chunking": chunking}, stage=stage,
         totals={"chunks_embedded": F.count("*"), "tokens": F.sum("token_count")},
+        ids_per_increment=settings.target.ids_per_increment,
+        max_delete_fraction=settings.target.max_delete_fraction, write_section="target",
     )
     return run_pass(spark, spec, EmbedStats())

@@ -1,8 +1,9 @@
 """The generation pipeline: prompts -> generate UDF -> one target row per id.
 
 Runs on the incremental skeleton: a prompt is generated again only when its (id, prompt hash, model
-version, sampling hash) is not yet in the target; rows of prompts gone from the source are deleted in
-the same MERGE. A retried task regenerates the same rows (greedy, or sampled with the configured
+version, sampling hash) is not yet in the target; the results are MERGEd in increments of
+generate.ids_per_increment prompts, and rows of prompts gone from the source are deleted once all
+increments are in. A retried task regenerates the same rows (greedy, or sampled with the configured
 seed) and the MERGE writes each id once.
 """
 from __future__ import annotations
@@ -86,5 +87,7 @@ def generate_prompts(spark: SparkSession, cfg: GenerateSettings, model: Resolved
         target_table=cfg.target_table, keys=KEYS, hash_column="prompt_hash",
         fingerprint={"model_version": model.version, "sampling_hash": settings_hash}, stage=stage,
         totals={"prompt_tokens": F.sum("prompt_tokens"), "generated_tokens": F.sum("generated_tokens")},
+        ids_per_increment=cfg.ids_per_increment, max_delete_fraction=cfg.max_delete_fraction,
+        write_section="generate",
     )
     return run_pass(spark, spec, GenerationStats())

@@ -1,10 +1,16 @@
 """The incremental skeleton every pipeline shares: Delta source -> new or changed rows -> worker stage -> MERGE.
 
-One pass reads the keyed source (one row per id), drops ids whose text hash and fingerprint (model
-version, settings) are already in the target, runs the pipeline's worker stage on the rest, and MERGEs
-the result on the pipeline's keys, deleting in the same MERGE the target rows of ids gone from the
-source and rows an id no longer produces. A rerun with nothing new writes nothing; a retried task
-rewrites the same keys.
+One pass reads the keyed source (one row per id) and drops the ids whose text hash and fingerprint
+(model version, settings) are already in the target. Before it writes anything it counts the target's
+ids that are gone from the source: more than the allowed share stops the run (DeletionGuardError), as a
+wrong source table would otherwise empty the target. Then it works through the new and changed ids in
+increments, each one run through the pipeline's worker stage and MERGEd on the pipeline's keys as a
+commit of its own. Once every increment is in, one last MERGE deletes the stale rows: those of ids gone
+from the source and those a changed id no longer has.
+
+A run killed at any point and run again redoes at most the increment it was in: the ids it committed
+are up to date and skipped, and stale rows are judged from what the target holds, not from what the
+killed run did. A rerun with nothing new writes nothing; a retried task rewrites the same keys.
 """
 from __future__ import annotations
 
@@ -16,12 +22,17 @@ from typing import Callable, ClassVar
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from mlabatch.pipelines.errors import CannotRunError
 from mlabatch.pipelines.sources import load_texts, one_row_per_id
 from mlabatch.pipelines.tables import merge_into, read_table, table_exists
 
 log = logging.getLogger(__name__)
 
 DELETE = "_delete"  # MERGE source column: true deletes the matching target row
+
+
+class DeletionGuardError(CannotRunError):
+    """A run would delete the rows of more of the target's ids than allowed; it stopped before writing."""
 
 
 @dataclass
@@ -39,7 +50,8 @@ class RunStats:
     rows_removed: int = 0  # target rows deleted: those of deleted ids and those a changed id no longer has
     errors: int = 0
     truncated: int = 0
-    seconds: float = 0.0  # wall time of the worker stage
+    increments: int = 0  # commits of new rows
+    seconds: float = 0.0  # wall time of the worker stage, summed over the increments
 
     @property
     def throughput(self) -> float:
@@ -53,7 +65,8 @@ class RunStats:
 
 @dataclass(frozen=True)
 class IncrementalPass:
-    """What a pipeline puts into the skeleton: where rows come from and go, and its worker stage."""
+    """What a pipeline puts into the skeleton: where rows come from and go, its worker stage, and how it
+    writes (the WriteSettings of its target section)."""
 
     source_table: str
     id_column: str
@@ -65,6 +78,9 @@ class IncrementalPass:
     fingerprint: dict[str, str]  # target column -> value a row must hold to be up to date (model version, settings)
     stage: Callable[[DataFrame], DataFrame]  # (id, text, content_hash, doc_error) rows -> target rows
     totals: dict[str, Column]  # stats field -> aggregate over the target rows (errors and truncated are counted here)
+    ids_per_increment: int  # ids run through the stage and MERGEd per commit
+    max_delete_fraction: float  # share of the target's ids whose rows a run may delete
+    write_section: str  # the settings section holding the two above ("target", "generate"), for messages
 
 
 def run_pass(spark: SparkSession, spec: IncrementalPass, stats: RunStats) -> RunStats:
@@ -74,40 +90,27 @@ def run_pass(spark: SparkSession, spec: IncrementalPass, stats: RunStats) -> Run
     stats.rows_read = src.count()
     stats.rows_without_id = src.filter(F.col("id").isNull()).count()
     docs = one_row_per_id(src.filter(F.col("id").isNotNull())).cache()
-    stats.duplicate_ids = docs.filter(F.col("doc_error").isNotNull()).count()
+    stats.duplicate_ids = docs.filter(F.col("copies") > 1).count()
 
-    target = None
+    target_existed = table_exists(spark, spec.target_table)
     new = docs
-    if table_exists(spark, spec.target_table):
-        target = read_table(spark, spec.target_table).select(*spec.keys, spec.hash_column, *spec.fingerprint).cache()
+    if target_existed:
+        target = read_table(spark, spec.target_table).select("id", spec.hash_column, *spec.fingerprint).cache()
+        _guard_deletions(target, docs, spec, stats)
         new = docs.join(_up_to_date(target, spec), ["id", "content_hash"], "left_anti")
     new = new.cache()
     stats.new = new.count()
     stats.skipped = docs.count() - stats.new
+    if target_existed:
+        target.unpersist()
     log.info("%d ids new or changed, %d unchanged (skipped)", stats.new, stats.skipped)
 
-    result = spec.stage(new).withColumn(DELETE, F.lit(False))
-    started = time.perf_counter()
-    result = result.cache()
-    totals = result.agg(F.count("error").alias("errors"), F.sum(F.col("truncated").cast("int")).alias("truncated"),
-                        *(column.alias(name) for name, column in spec.totals.items())).first()
-    stats.seconds = time.perf_counter() - started
-    for name, value in totals.asDict().items():
-        setattr(stats, name, value or 0)
-
-    rows = result
-    if target is not None:
-        gone = target.join(docs.select("id"), "id", "left_anti")
-        stats.deleted = gone.select("id").distinct().count()
-        stale = _stale_rows(gone, target, result, spec.keys)
-        stats.rows_removed = stale.count()
-        rows = result.unionByName(stale, allowMissingColumns=True)
-    if stats.new or stats.rows_removed:
-        log.info("merging the rows of %d ids and removing %d stale rows in %s", stats.new, stats.rows_removed,
-                 spec.target_table)
-        merge_into(spark, rows, spec.target_table, spec.keys, delete_column=DELETE)
-    for cached in (docs, new, result) + ((target,) if target is not None else ()):
-        cached.unpersist()
+    if stats.new:
+        _run_increments(spark, new, spec, stats)
+    if target_existed:
+        _delete_stale_rows(spark, docs, spec, stats)
+    docs.unpersist()
+    new.unpersist()
     return stats
 
 
@@ -119,9 +122,63 @@ def _up_to_date(target: DataFrame, spec: IncrementalPass) -> DataFrame:
     return done.select("id", F.col(spec.hash_column).alias("content_hash")).distinct()
 
 
-def _stale_rows(gone: DataFrame, target: DataFrame, result: DataFrame, keys: list[str]) -> DataFrame:
-    """Target rows to delete: those of ids gone from the source, and those of reprocessed ids that the
-    new result no longer has (a shortened document's extra chunks)."""
-    outgrown = (target.join(result.select("id").distinct(), "id", "left_semi")
-                .join(result.select(*keys), keys, "left_anti"))
-    return gone.unionByName(outgrown).select(*keys, F.lit(True).alias(DELETE))
+def _guard_deletions(target: DataFrame, docs: DataFrame, spec: IncrementalPass, stats: RunStats) -> None:
+    """Count the target's ids that are gone from the source (stats.deleted), and stop the run before it
+    writes anything when they are more than `max_delete_fraction` of the target's ids.
+
+    Checked before the first increment, not before the final deletions: a source that lost most of the
+    target's ids is most likely the wrong table, and its rows do not belong in the target either."""
+    ids = target.select("id").distinct()
+    target_ids = ids.count()
+    stats.deleted = ids.join(docs.select("id"), "id", "left_anti").count()
+    if stats.deleted > spec.max_delete_fraction * target_ids:
+        key = f"{spec.write_section}.max_delete_fraction"
+        raise DeletionGuardError(
+            f"{stats.deleted:,} of the {target_ids:,} ids in {spec.target_table} ({stats.deleted / target_ids:.1%}) "
+            f"are not in the source {spec.source_table}, and this run would delete their rows: more than "
+            f"{key}={spec.max_delete_fraction} allows. Nothing was written. Check that the source table is "
+            f"the right one; if these deletions are intended, run again with --set {key}=1.0")
+
+
+def _run_increments(spark: SparkSession, new: DataFrame, spec: IncrementalPass, stats: RunStats) -> None:
+    """Run the worker stage on the new ids and MERGE its rows, one increment at a time, each a commit.
+
+    Ids are split by a hash of the id into ceil(new / ids_per_increment) slices: no sort or shuffle of
+    the documents, and about ids_per_increment ids in each."""
+    count = -(-stats.new // spec.ids_per_increment)
+    slices = new.withColumn("_increment", F.pmod(F.xxhash64("id"), F.lit(count)))
+    sizes = sorted(slices.groupBy("_increment").count().collect())
+    stats.increments = len(sizes)
+    for number, (increment, size) in enumerate(sizes, 1):
+        started = time.perf_counter()
+        result = spec.stage(slices.filter(F.col("_increment") == increment).drop("_increment")).cache()
+        totals = result.agg(F.count("error").alias("errors"), F.sum(F.col("truncated").cast("int")).alias("truncated"),
+                            *(column.alias(name) for name, column in spec.totals.items())).first()
+        stats.seconds += time.perf_counter() - started
+        for name, value in totals.asDict().items():
+            setattr(stats, name, getattr(stats, name) + (value or 0))
+        merge_into(spark, result, spec.target_table, spec.keys)
+        result.unpersist()
+        log.info("increment %d/%d: %d ids, merged", number, len(sizes), size)
+
+
+def _delete_stale_rows(spark: SparkSession, docs: DataFrame, spec: IncrementalPass, stats: RunStats) -> None:
+    """Delete, in one MERGE after every increment is in, the target rows that no current document makes:
+    rows of ids gone from the source, and rows whose text hash or fingerprint is not their document's
+    current one (the chunks a changed document no longer has).
+
+    Judged from what the target holds now, not from this run's results, so a run resumed after a kill
+    also removes the rows that the killed run's increments left behind."""
+    current = read_table(spark, spec.target_table)
+    up_to_date = F.col(spec.hash_column).eqNullSafe(F.col("_source_hash"))
+    for column, value in spec.fingerprint.items():
+        up_to_date = up_to_date & F.col(column).eqNullSafe(F.lit(value))
+    stale = (current.join(docs.select("id", F.col("content_hash").alias("_source_hash")), "id", "left")
+             .filter(~up_to_date)
+             .select(*current.columns, F.lit(True).alias(DELETE))).cache()
+    stats.rows_removed = stale.count()
+    if stats.rows_removed:
+        log.info("removing %d stale rows (%d ids gone from the source) from %s", stats.rows_removed,
+                 stats.deleted, spec.target_table)
+        merge_into(spark, stale, spec.target_table, spec.keys, delete_column=DELETE)
+    stale.unpersist()

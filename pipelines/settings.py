@@ -59,7 +59,21 @@ class SourceSettings(_Section):
     _columns = field_validator("id_column", "text_column")(check_column_name)
 
 
-class TargetSettings(_Section):
+class WriteSettings(_Section):
+    """How a pipeline writes its target table; the keys of both `target` (embed) and `generate`.
+
+    Work is committed in increments so that a killed run, run again, redoes at most one; deleting the
+    rows of more than `max_delete_fraction` of the target's ids (a wrong source table, most likely)
+    stops the run before it writes anything.
+    """
+
+    ids_per_increment: int = Field(10_000, ge=1, description="ids processed and MERGEd per commit: a killed "
+                                                              "run, run again, redoes at most these")
+    max_delete_fraction: float = Field(0.1, ge=0.0, le=1.0, description="a run that would delete the rows of more "
+                                       "than this share of the target's ids stops before writing anything")
+
+
+class TargetSettings(WriteSettings):
     table: str = Field(description="where embeddings are MERGEd on (id, chunk): a Delta table path or name, "
                                    "created on the first run")
 
@@ -116,7 +130,7 @@ class ConvertSettings(_Section):
     alias: str = Field("champion", description="the alias set on the registered version")
 
 
-class GenerateSettings(SamplingParams, EngineConfig):
+class GenerateSettings(SamplingParams, EngineConfig, WriteSettings):
     """`mlabatch generate`: a Delta table of prompts -> a Delta table of continuations (MLA decoder).
 
     The sampling and engine keys (max_new_tokens, temperature, ..., max_batch, num_blocks, ...) are the

@@ -59,7 +59,7 @@ def test_first_run_embeds_everything_and_flags_bad_rows(spark, make_settings, em
 
 
 def test_rerun_is_a_no_op_and_an_edit_reembeds_only_that_document(spark, make_settings, documents, write_source):
-    settings = make_settings()
+    settings = make_settings("target.max_delete_fraction=0.2")  # it deletes 1 of 7 documents
     docs = documents()
     write_source(settings.source.table, docs)
     run_embed(settings)
@@ -140,11 +140,11 @@ def test_a_task_failing_on_its_first_attempt_is_retried_without_loss_or_duplicat
 
 def test_problems_found_before_any_work(spark, make_settings, tmp_path, documents, write_source):
     from mlabatch.models.registry.resolve import ModelNotFoundError
+    from mlabatch.pipelines.errors import CannotRunError
     from mlabatch.pipelines.sources import SourceSchemaError
-    from mlabatch.pipelines.tables import TableNotFoundError
 
     settings = make_settings()
-    with pytest.raises(TableNotFoundError, match="build_sample_if_missing"):
+    with pytest.raises(CannotRunError, match="source.table"):  # no sample table in its place (issue 13)
         run_embed(settings)
 
     write_source(settings.source.table, documents())

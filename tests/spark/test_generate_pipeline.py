@@ -10,6 +10,7 @@ from deltalake import DeltaTable, write_deltalake
 from mlabatch.jobs.generate import run_generate
 from mlabatch.models.generation.engine import load_generator
 from mlabatch.pipelines.generation import engine_config, sampling_params
+from mlabatch.pipelines.incremental import DeletionGuardError
 
 PROMPTS = {
     "p-short": "Spark pandas UDFs stream Arrow batches",
@@ -72,7 +73,11 @@ def test_generate_job_rows_errors_rerun_and_edits(spark, gen_settings, tiny_deco
     edited = dict(PROMPTS, **{"p-four": "five six seven"})
     del edited["p-unicode"]
     _write(settings.generate.source_table, edited, extra=[("dup", "a"), ("dup", "b")])
-    stats, _ = run_generate(settings)
+    with pytest.raises(DeletionGuardError, match="generate.max_delete_fraction"):  # 1 of 7 ids is more than 10%
+        run_generate(settings)
+    assert DeltaTable(settings.generate.target_table).version() == 0
+    stats, _ = run_generate(gen_settings("generate.temperature=0.8", "generate.seed=5",
+                                         "generate.max_delete_fraction=0.2"))
     assert (stats.new, stats.deleted) == (1, 1)
     after = _rows(settings)
     assert "p-unicode" not in after and after["p-four"]["prompt"] == "five six seven"
