@@ -10,7 +10,7 @@ from mlabatch.pipelines.embedding import EmbedStats, embed_documents
 from mlabatch.pipelines.settings import Settings
 from mlabatch.pipelines.spark import get_spark
 from mlabatch.pipelines.tables import on_databricks
-from mlabatch.pipelines.tracking import run_params
+from mlabatch.pipelines.tracking import run_params, start_run
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def run_embed(settings: Settings, embed_column=None, quiet: bool = False) -> tup
     # Local workers share this machine's disk, so they load the directory already downloaded here;
     # on a cluster each worker resolves the URI itself.
     worker_ref = settings.model.uri if on_databricks() else str(model.local_dir)
-    with mlflow.start_run(run_name=f"embed {settings.source.table}") as run:
+    with start_run(f"embed {settings.source.table}") as run:
         mlflow.log_params(run_params(settings, model.version))
         stats = embed_documents(spark, settings, model, worker_ref, embed_column=embed_column)
         mlflow.log_metrics(stats.metrics())

@@ -10,6 +10,7 @@ from mlabatch.pipelines.generation import GenerationStats, generate_prompts, sam
 from mlabatch.pipelines.settings import Settings
 from mlabatch.pipelines.spark import get_spark
 from mlabatch.pipelines.tables import on_databricks
+from mlabatch.pipelines.tracking import start_run
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def run_generate(settings: Settings, generate_column=None, quiet: bool = False) 
     model = preflight_generate(settings)
     spark = get_spark(settings.spark, quiet)
     worker_ref = cfg.model_uri if on_databricks() else str(model.local_dir)
-    with mlflow.start_run(run_name=f"generate {cfg.source_table}") as run:
+    with start_run(f"generate {cfg.source_table}") as run:
         mlflow.log_params({"model_version": model.version, "sampling_hash": sampling_hash(cfg),
                            **{f"generate.{k}": str(v) for k, v in cfg.model_dump().items()}})
         stats = generate_prompts(spark, cfg, model, worker_ref, generate_column=generate_column)

@@ -1,11 +1,21 @@
-"""MLflow for runs and models: point it at the configured store and log what a run did."""
+"""MLflow for runs and models: point it at the configured store, start runs, and log what a run did."""
 from __future__ import annotations
 
+import logging
+import os
+import socket
 from pathlib import Path
 
 import mlflow
+from mlflow.tracking import MlflowClient
 
 from mlabatch.pipelines.settings import MlflowSettings, Settings
+
+log = logging.getLogger(__name__)
+
+HOST_TAG = "mlabatch.host"  # the machine whose process runs the MLflow run
+PID_TAG = "mlabatch.pid"  # that process
+ABANDONED_TAG = "mlabatch.abandoned"  # why a run left RUNNING was marked FAILED by a later one
 
 
 def configure_mlflow(settings: MlflowSettings) -> None:
@@ -18,6 +28,53 @@ def configure_mlflow(settings: MlflowSettings) -> None:
         location = Path(settings.artifact_location).resolve().as_uri() if settings.artifact_location else None
         mlflow.create_experiment(settings.experiment, artifact_location=location)
     mlflow.set_experiment(settings.experiment)
+
+
+def start_run(run_name: str) -> mlflow.ActiveRun:
+    """Start an MLflow run in the current experiment, tagged with this machine and process, after
+    marking FAILED the runs of the same name that killed processes left RUNNING.
+
+    `with start_run(...)` ends the run FINISHED, or FAILED on an exception, as `mlflow.start_run` does;
+    a process killed with SIGKILL (or by the OOM killer) cannot end its run, and the next run of the
+    same job closes it through these tags."""
+    fail_abandoned_runs(run_name)
+    return mlflow.start_run(run_name=run_name, tags={HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
+
+
+def fail_abandoned_runs(run_name: str) -> list[str]:
+    """Mark FAILED, with a tag saying why, the RUNNING runs named `run_name` in the current experiment
+    whose process on this machine is gone; returns their run ids.
+
+    Runs started on another machine are left as they are: from here it cannot be told whether their
+    process still runs."""
+    client = MlflowClient()
+    host = socket.gethostname()
+    abandoned = []
+    for run in mlflow.search_runs(filter_string="attributes.status = 'RUNNING'", output_format="list"):
+        tags = run.data.tags
+        if run.info.run_name != run_name or tags.get(HOST_TAG) != host or PID_TAG not in tags:
+            continue
+        pid = int(tags[PID_TAG])
+        if _process_exists(pid):
+            continue
+        client.set_tag(run.info.run_id, ABANDONED_TAG,
+                       f"process {pid} on {host} ended without ending this run (killed); "
+                       "marked FAILED by the next run of the same job")
+        client.set_terminated(run.info.run_id, status="FAILED")
+        log.warning("marked MLflow run %s FAILED: its process %d on %s was killed", run.info.run_id, pid, host)
+        abandoned.append(run.info.run_id)
+    return abandoned
+
+
+def _process_exists(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (signal 0 only checks)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
 
 
 def run_params(settings: Settings, model_version: str) -> dict[str, str]:
