@@ -5,6 +5,7 @@ import logging
 
 import mlflow
 
+from mlabatch.jobs.summary import head_lines
 from mlabatch.pipelines.checks import preflight_embed
 from mlabatch.pipelines.embedding import EmbedStats, embed_documents
 from mlabatch.pipelines.settings import Settings
@@ -38,13 +39,7 @@ def summary(stats: EmbedStats, settings: Settings, run_id: str) -> str:
     target = settings.target.table
     query = (f"spark.table('{target}')" if on_databricks() else
              f"python -c \"from deltalake import DeltaTable; print(DeltaTable('{target}').to_pandas().head())\"")
-    return "\n".join([
-        (f"mlabatch embed: finished in {stats.seconds:.1f} s of embedding" if stats.new else
-         "mlabatch embed: nothing new or changed to embed"),
-        f"  rows read            {stats.rows_read:,} ({stats.rows_without_id} without id, "
-        f"{stats.duplicate_ids} duplicated ids)",
-        f"  documents embedded   {stats.new:,}   unchanged (skipped) {stats.skipped:,}   "
-        f"gone from the source {stats.deleted:,}",
+    return "\n".join(head_lines("embed", "embedding", stats, "documents embedded") + [
         f"  chunks embedded      {stats.chunks_embedded:,}   errors {stats.errors:,}   "
         f"truncated {stats.truncated:,}",
         f"  target rows deleted  {stats.rows_removed:,} (of documents gone or changed)",

@@ -5,6 +5,7 @@ import logging
 
 import mlflow
 
+from mlabatch.jobs.summary import head_lines
 from mlabatch.pipelines.checks import preflight_generate
 from mlabatch.pipelines.generation import GenerationStats, generate_prompts, sampling_hash
 from mlabatch.pipelines.settings import Settings
@@ -36,13 +37,7 @@ def run_generate(settings: Settings, generate_column=None, quiet: bool = False) 
 def summary(stats: GenerationStats, settings: Settings, run_id: str) -> str:
     """The end-of-run report: counts, speed, and where the output is."""
     cfg = settings.generate
-    return "\n".join([
-        (f"mlabatch generate: finished in {stats.seconds:.1f} s of generation" if stats.new else
-         "mlabatch generate: nothing new or changed to generate"),
-        f"  rows read            {stats.rows_read:,} ({stats.rows_without_id} without id, "
-        f"{stats.duplicate_ids} duplicated ids)",
-        f"  prompts generated    {stats.new:,}   unchanged (skipped) {stats.skipped:,}   "
-        f"gone from the source {stats.deleted:,}",
+    return "\n".join(head_lines("generate", "generation", stats, "prompts generated") + [
         f"  errors               {stats.errors:,}   prompts cut to fit the context {stats.truncated:,}",
         f"  target rows deleted  {stats.rows_removed:,}",
         f"  tokens               {stats.prompt_tokens:,} prompt, {stats.generated_tokens:,} generated "
