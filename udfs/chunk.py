@@ -9,7 +9,7 @@ import pandas as pd
 from mlabatch.models.embedding.chunking import split_text
 from mlabatch.models.embedding.pooling import pool_windows
 from mlabatch.models.registry.resolve import MlflowStores
-from mlabatch.udfs.inputs import input_error
+from mlabatch.models.rows import input_error
 from mlabatch.udfs.model_cache import get_tokenizer
 
 # Input columns: id, text, content_hash, doc_error (a reason the whole document is rejected, or null).

@@ -10,11 +10,9 @@ from __future__ import annotations
 import pandas as pd
 
 from mlabatch.models.registry.resolve import MlflowStores
+from mlabatch.models.rows import EMBED_RESULT_TYPE, embedding_rows
 from mlabatch.udfs.devices import device_udf
 from mlabatch.udfs.model_cache import get_engine
-from mlabatch.udfs.rows import run_rows
-
-EMBED_RESULT_TYPE = "embedding array<float>, token_count int, truncated boolean, error string"
 
 
 def embed_series(texts: pd.Series, model_ref: str, device: str, token_budget: int | None = None,
@@ -23,19 +21,7 @@ def embed_series(texts: pd.Series, model_ref: str, device: str, token_budget: in
 
     `stores` is where a models:/ `model_ref` is looked up (None: this process's MLflow settings).
     """
-    embedder = get_engine("embedder", model_ref, stores, device, token_budget)
-
-    def embed(batch: list[str]) -> list[tuple]:
-        result = embedder.embed_with_counts(batch)
-        return list(zip(result.embeddings, result.token_counts, result.truncated))
-
-    rows, errors = run_rows(texts, embed, "text", "embedding failed")
-    return pd.DataFrame({
-        "embedding": [r[0] if r else None for r in rows],
-        "token_count": [r[1] if r else 0 for r in rows],
-        "truncated": [r[2] if r else False for r in rows],
-        "error": errors,
-    })
+    return embedding_rows(texts, get_engine("embedder", model_ref, stores, device, token_budget))
 
 
 def embed_udf(model_uri: str, token_budget: int | None = None, device: str = "auto"):

@@ -10,12 +10,9 @@ import pandas as pd
 
 from mlabatch.models.generation.config import EngineConfig, SamplingParams
 from mlabatch.models.registry.resolve import MlflowStores
+from mlabatch.models.rows import GENERATE_RESULT_TYPE, generation_rows
 from mlabatch.udfs.devices import device_udf
 from mlabatch.udfs.model_cache import get_engine
-from mlabatch.udfs.rows import run_rows
-
-GENERATE_RESULT_TYPE = ("text string, prompt_tokens int, generated_tokens int, finish_reason string, "
-                        "truncated boolean, error string")
 
 
 def generate_series(prompts: pd.Series, model_ref: str, device: str, sampling: SamplingParams,
@@ -24,17 +21,7 @@ def generate_series(prompts: pd.Series, model_ref: str, device: str, sampling: S
 
     `stores` is where a models:/ `model_ref` is looked up (None: this process's MLflow settings).
     """
-    generator = get_engine("generator", model_ref, stores, device, engine)
-    rows, errors = run_rows(prompts, lambda batch: generator.generate(batch, sampling), "prompt",
-                            "generation failed")
-    return pd.DataFrame({
-        "text": [o.text if o else None for o in rows],
-        "prompt_tokens": [o.prompt_tokens if o else 0 for o in rows],
-        "generated_tokens": [o.generated_tokens if o else 0 for o in rows],
-        "finish_reason": [o.finish_reason if o else None for o in rows],
-        "truncated": [o.truncated if o else False for o in rows],
-        "error": errors,
-    })
+    return generation_rows(prompts, get_engine("generator", model_ref, stores, device, engine), sampling)
 
 
 def generate_udf(model_uri: str, sampling: SamplingParams = SamplingParams(), engine: EngineConfig = EngineConfig(),

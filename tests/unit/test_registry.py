@@ -31,10 +31,15 @@ def test_prepare_registers_alias_and_pyfunc_predicts(registry, embedder):
 
     pyfunc = mlflow.pyfunc.load_model("models:/mlabatch-minilm@champion")
     assert [c.name for c in pyfunc.metadata.get_input_schema().inputs] == ["text"]
-    assert [c.name for c in pyfunc.metadata.get_output_schema().inputs] == ["embedding"]
-    out = pyfunc.predict(pd.DataFrame({"text": ["hello there", "general kenobi"]}))
-    np.testing.assert_allclose(np.stack(out["embedding"]), embedder.embed(["hello there", "general kenobi"]),
+    assert [c.name for c in pyfunc.metadata.get_output_schema().inputs] == [
+        "embedding", "token_count", "truncated", "error"]
+    out = pyfunc.predict(pd.DataFrame({"text": ["hello there", "general kenobi", "", " \u200b", None]}))
+    np.testing.assert_allclose(np.stack(out["embedding"][:2]), embedder.embed(["hello there", "general kenobi"]),
                                atol=1e-5)
+    assert list(out["error"]) == [None, None, "text is empty or whitespace", "text is empty or whitespace",
+                                  "text is null"]  # the rules of embed_udf: an error, never a vector
+    assert list(out["embedding"][2:]) == [None, None, None] and list(out["token_count"][2:]) == [0, 0, 0]
+    assert all(out["token_count"][:2] > 0) and not any(out["truncated"])
 
     again = prepare(registry)  # a second prepare is a new version, and the alias follows it
     assert again.version == "mlabatch-minilm/2"
