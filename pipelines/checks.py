@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from pyspark.sql import SparkSession
 
 from mlabatch.models.conversion.convert import ARCHITECTURES
-from mlabatch.models.embedding.engine import SUPPORTED_ENCODERS
+from mlabatch.models.embedding.encoders import SUPPORTED_ENCODERS
 from mlabatch.models.mla_config import MLAModelConfig, is_converted
 from mlabatch.models.registry.resolve import ResolvedModel, resolve_model
 from mlabatch.pipelines.errors import CannotRunError, SettingsError

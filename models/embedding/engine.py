@@ -7,7 +7,6 @@ CUDA), pooling in fp32 into one result tensor that is copied back once at the en
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -18,14 +17,13 @@ from tokenizers import Tokenizer
 
 from mlabatch.models.device import pick_device
 from mlabatch.models.embedding.batching import HostBatch, in_background, plan_batches
+from mlabatch.models.embedding.encoders import load_encoder
 from mlabatch.models.embedding.chunking import split_text
 from mlabatch.models.embedding.pooling import PoolingConfig, pool_tokens, pool_windows
-from mlabatch.models.mla_config import is_converted
-from mlabatch.models.packed_encoder import PackedEncoder, packed_from_hf_bert, packed_from_mla_encoder
+from mlabatch.models.packed_encoder import PackedEncoder
 from mlabatch.models.tokenizer import load_tokenizer
 
 SLICE_TEXTS = 2048  # texts tokenized per background step
-SUPPORTED_ENCODERS = ("bert", "MLA-converted bert")
 
 
 @dataclass
@@ -100,27 +98,9 @@ class Embedder:
                 yield HostBatch.pack([ids[i] for i in rows], [start + i for i in rows], pin)
 
 
-def _load_encoder(model_dir: Path, device: torch.device) -> PackedEncoder:
-    """The packed encoder: ours for MLA-converted models, else built on the Hugging Face BertModel."""
-    if is_converted(model_dir):
-        from mlabatch.models.mla_encoder import load_mla_encoder
-
-        return packed_from_mla_encoder(load_mla_encoder(model_dir, device))
-    model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
-    if model_type != "bert":
-        raise ValueError(f"{model_dir} is a {model_type!r} model; the embedder supports {SUPPORTED_ENCODERS}")
-    from transformers import BertModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    model = BertModel.from_pretrained(model_dir, dtype=torch.float32)
-    encoder = packed_from_hf_bert(model).to(device).eval()
-    return encoder.half() if device.type == "cuda" else encoder
-
-
 def load_embedder(model_dir: str | Path, device: str | torch.device = "auto", token_budget: int | None = None
                   ) -> Embedder:
     """An embedder for a local model directory (a BERT-family model or an MLA-converted one) on `device`."""
     model_dir, target = Path(model_dir), pick_device(device)
-    return Embedder(_load_encoder(model_dir, target), load_tokenizer(model_dir), PoolingConfig.from_dir(model_dir),
+    return Embedder(load_encoder(model_dir, target), load_tokenizer(model_dir), PoolingConfig.from_dir(model_dir),
                     target, token_budget=token_budget)

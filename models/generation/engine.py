@@ -30,7 +30,8 @@ from mlabatch.models.generation.kv_cache import allocate_kv_cache, pool_blocks
 from mlabatch.models.generation.model_runner import ModelRunner
 from mlabatch.models.generation.scheduler import DecodePlan, Scheduler
 from mlabatch.models.generation.sequence import Sequence
-from mlabatch.models.mla_decoder import MLADecoder, load_mla_decoder
+from mlabatch.models.generation.decoders import load_decoder
+from mlabatch.models.mla_decoder import MLADecoder
 from mlabatch.models.tokenizer import load_tokenizer
 
 
@@ -259,5 +260,4 @@ def load_generator(model_dir: str | Path, device: str | torch.device = "auto",
                    config: EngineConfig = EngineConfig()) -> Generator:
     """A generation engine for a converted decoder directory (bf16 on GPU, float32 on CPU)."""
     model_dir, target = Path(model_dir), pick_device(device)
-    dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
-    return Generator(load_mla_decoder(model_dir, target, dtype), load_tokenizer(model_dir), model_dir, config)
+    return Generator(load_decoder(model_dir, target), load_tokenizer(model_dir), model_dir, config)
