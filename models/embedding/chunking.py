@@ -1,19 +1,38 @@
-"""Split long texts into overlapping token windows that start and end on word boundaries."""
+"""Split texts into overlapping token windows that start and end on word boundaries, tokenizing each text once.
+
+The windows carry their token ids (with the model's special tokens around them), so the encoder runs
+them as they are; the window's text is cut from the document by the tokenizer's character offsets.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """One window of a document: its index, text and token count (special tokens included)."""
+    """One window of a document: its index, text, token ids (special tokens included) and their count."""
 
     index: int
     text: str
-    n_tokens: int
+    ids: list[int]
     truncated: bool  # True on the last kept window of a document cut at max_chunks
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens the encoder sees for this window, special tokens included."""
+        return len(self.ids)
+
+
+def _special_tokens(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
+    """The special token ids the tokenizer puts before and after a single text ([CLS] / [SEP], <s> / </s>)."""
+    probe = tokenizer.encode("a", add_special_tokens=True)
+    mask = probe.special_tokens_mask
+    first = mask.index(0)
+    last = len(mask) - mask[::-1].index(0)
+    return probe.ids[:first], probe.ids[last:]
 
 
 def _word_start(word_ids: list, i: int, floor: int) -> int:
@@ -22,32 +41,44 @@ def _word_start(word_ids: list, i: int, floor: int) -> int:
     return i
 
 
-def split_text(text: str, tokenizer: Tokenizer, max_tokens: int, overlap: int, max_chunks: int) -> list[Chunk]:
-    """Windows of at most `max_tokens` tokens (with the model's special tokens) sharing `overlap` tokens.
+class Chunker:
+    """Token windows of at most `max_tokens` tokens (special tokens included), consecutive ones sharing
+    `overlap` tokens, at most `max_chunks` per text. Windows never split a word."""
 
-    A text that fits gives one chunk holding the whole text. Windows never split a word, so each
-    window's text tokenizes back to the same tokens.
-    """
-    tokenizer.no_truncation()
-    encoding = tokenizer.encode(text, add_special_tokens=False)
-    width = max_tokens - tokenizer.num_special_tokens_to_add(False)
-    specials = max_tokens - width
-    n = len(encoding.ids)
-    if n <= width:
-        return [Chunk(0, text, n + specials, False)]
-    words, offsets = encoding.word_ids, encoding.offsets
-    chunks: list[Chunk] = []
-    start = 0
-    while start < n and len(chunks) < max_chunks:
-        end = min(start + width, n)
-        if end < n:
-            end = _word_start(words, end, start + 1)  # do not cut a word in two
-        chunk_text = text[offsets[start][0]:offsets[end - 1][1]]
-        chunks.append(Chunk(len(chunks), chunk_text, end - start + specials, False))
-        if end >= n:
-            break
-        start = _word_start(words, max(end - overlap, start + 1), start + 1)
-    if chunks and (start < n and end < n):
-        last = chunks[-1]
-        chunks[-1] = Chunk(last.index, last.text, last.n_tokens, True)
-    return chunks
+    def __init__(self, tokenizer: Tokenizer, max_tokens: int, overlap: int, max_chunks: int) -> None:
+        self.tokenizer = tokenizer
+        self.prefix, self.suffix = _special_tokens(tokenizer)
+        self.width = max_tokens - len(self.prefix) - len(self.suffix)
+        if self.width <= overlap:
+            raise ValueError(f"a window of {max_tokens} tokens leaves {self.width} for text, not more than the "
+                             f"overlap of {overlap}; raise max_tokens or lower overlap_tokens")
+        self.overlap, self.max_chunks = overlap, max_chunks
+
+    def split(self, texts: Sequence[str]) -> list[list[Chunk]]:
+        """The windows of each text, tokenizing all texts in one batched call (on every core)."""
+        self.tokenizer.no_truncation()
+        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [self._windows(text, encoding) for text, encoding in zip(texts, encodings)]
+
+    def _window(self, index: int, text: str, encoding: Encoding, start: int, end: int, truncated: bool) -> Chunk:
+        offsets = encoding.offsets
+        return Chunk(index, text[offsets[start][0]:offsets[end - 1][1]],
+                     self.prefix + encoding.ids[start:end] + self.suffix, truncated)
+
+    def _windows(self, text: str, encoding: Encoding) -> list[Chunk]:
+        n = len(encoding.ids)
+        if n <= self.width:  # the whole text, as it is
+            return [Chunk(0, text, self.prefix + encoding.ids + self.suffix, False)]
+        words = encoding.word_ids
+        bounds: list[tuple[int, int]] = []
+        start = end = 0
+        while start < n and len(bounds) < self.max_chunks:
+            end = min(start + self.width, n)
+            if end < n:
+                end = _word_start(words, end, start + 1)  # do not cut a word in two
+            bounds.append((start, end))
+            if end >= n:
+                break
+            start = _word_start(words, max(end - self.overlap, start + 1), start + 1)
+        cut = end < n
+        return [self._window(i, text, encoding, s, e, cut and i == len(bounds) - 1) for i, (s, e) in enumerate(bounds)]

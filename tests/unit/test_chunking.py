@@ -1,7 +1,9 @@
-"""Token windows: bounded length, overlap, whole words, full coverage, and a cut flagged at max_chunks."""
+"""Token windows: bounded length, overlap, whole words, full coverage, a cut flagged at max_chunks, and the
+same windows as the chunking before tokenize-once (chunking_oracle)."""
 from pydoc_data.topics import topics
 
-from mlabatch.models.embedding.chunking import split_text
+from chunking_oracle import split_text
+from mlabatch.models.embedding.chunking import Chunker
 
 LONG = topics["class"] + "\n" + topics["for"]
 
@@ -11,23 +13,25 @@ def _count(tokenizer, text):
     return len(tokenizer.encode(text).ids)
 
 
-def test_short_text_is_one_chunk(tokenizer):
-    (chunk,) = split_text("hello world", tokenizer, 64, 8, 10)
+def test_short_text_is_one_chunk_with_its_special_tokens(tokenizer):
+    ((chunk,),) = Chunker(tokenizer, 64, 8, 10).split(["hello world"])
     assert (chunk.index, chunk.text, chunk.n_tokens, chunk.truncated) == (0, "hello world", 4, False)
+    assert chunk.ids == tokenizer.encode("hello world").ids  # [CLS] hello world [SEP]
 
 
-def test_windows_fit_and_retokenize_to_their_count(tokenizer):
-    chunks = split_text(LONG, tokenizer, 64, 8, 1000)
+def test_windows_fit_and_retokenize_to_their_ids(tokenizer):
+    (chunks,) = Chunker(tokenizer, 64, 8, 1000).split([LONG])
     assert len(chunks) > 5
     assert [c.index for c in chunks] == list(range(len(chunks)))
     for c in chunks:
         assert c.n_tokens <= 64
-        assert _count(tokenizer, c.text) == c.n_tokens
+        tokenizer.no_truncation()
+        assert tokenizer.encode(c.text).ids == c.ids  # the text cut by offsets is exactly the window
     assert not any(c.truncated for c in chunks)
 
 
 def test_windows_cover_every_word_and_overlap(tokenizer):
-    chunks = split_text(LONG, tokenizer, 64, 8, 1000)
+    (chunks,) = Chunker(tokenizer, 64, 8, 1000).split([LONG])
     spans, cursor = [], 0
     for c in chunks:  # each chunk is a slice of the text, in order
         start = LONG.index(c.text, cursor)
@@ -39,6 +43,22 @@ def test_windows_cover_every_word_and_overlap(tokenizer):
 
 
 def test_cut_at_max_chunks_flags_the_last(tokenizer):
-    chunks = split_text(LONG, tokenizer, 64, 8, 3)
+    (chunks,) = Chunker(tokenizer, 64, 8, 3).split([LONG])
     assert len(chunks) == 3
     assert [c.truncated for c in chunks] == [False, False, True]
+
+
+def test_same_windows_as_before_for_every_text_of_a_batch(tokenizer):
+    texts = [LONG, "short one", topics["while"], " ".join(topics.values())[:200_000], "Grüße 日本語 🚀 " * 40]
+    for max_tokens, overlap, max_chunks in ((64, 8, 1000), (128, 16, 64), (256, 32, 5)):
+        for text, chunks in zip(texts, Chunker(tokenizer, max_tokens, overlap, max_chunks).split(texts)):
+            before = split_text(text, tokenizer, max_tokens, overlap, max_chunks)
+            assert [(c.index, c.text, c.n_tokens, c.truncated) for c in chunks] == \
+                   [(c.index, c.text, c.n_tokens, c.truncated) for c in before]
+
+
+def test_a_window_too_small_for_the_overlap_names_the_settings(tokenizer):
+    import pytest
+
+    with pytest.raises(ValueError, match="overlap_tokens"):
+        Chunker(tokenizer, 10, 8, 4)

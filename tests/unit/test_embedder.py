@@ -70,13 +70,11 @@ def test_text_without_tokens_embeds_to_zeros(minilm_dir):
 
 
 def test_document_pooling_weights_windows_by_tokens(embedder):
-    from mlabatch.models.embedding.chunking import split_text
-
     short, long = "A short document.", topics["class"]
     result = embedder.embed_documents([short, long], overlap=16, max_chunks=64)
     np.testing.assert_allclose(result.embeddings[0], embedder.embed([short])[0], atol=1e-5)
 
-    windows = split_text(long, embedder.tokenizer, embedder.max_tokens, 16, 64)
+    (windows,) = embedder.chunker(overlap=16, max_chunks=64).split([long])
     parts = embedder.embed_with_counts([w.text for w in windows])
     manual = (parts.embeddings * np.array(parts.token_counts)[:, None]).sum(0)
     manual /= np.linalg.norm(manual)
@@ -96,7 +94,7 @@ def test_background_stage_stops_when_its_consumer_does():
     import threading
     import time
 
-    from mlabatch.models.embedding.batching import in_background
+    from mlabatch.models.background import in_background
 
     before = threading.active_count()
     items = in_background(lambda: iter(range(10_000)), depth=2)
