@@ -1,7 +1,7 @@
 """Direct embedder vs the full Spark pipeline on the same 2,000 sample chunks, in one process.
 
 (a) `Embedder.embed` on the chunk texts; (b) `mlabatch embed` on a Delta table holding those chunks
-as documents (read, hash, incremental anti-join, chunk, embed UDF, MERGE). Both warm: the model is
+as documents (read, hash, incremental anti-join, the chunk-and-embed model stage, MERGE). Both warm: the model is
 loaded and Spark's Python workers are started by a small run first. Prints both numbers and the
 ratio, and appends JSON lines to benchmarks/results/pipeline-<device>.jsonl.
 
@@ -27,7 +27,6 @@ from deltalake import write_deltalake  # noqa: E402
 from mlabatch.jobs.config import load_settings  # noqa: E402
 from mlabatch.jobs.embed import run_embed  # noqa: E402
 from mlabatch.jobs.sample_data import sample_documents  # noqa: E402
-from mlabatch.models.embedding.chunking import split_text  # noqa: E402
 from mlabatch.models.registry.bundled import bundled_minilm_dir  # noqa: E402
 from mlabatch.models.registry.load import load_model  # noqa: E402
 from mlabatch.pipelines.spark import get_spark  # noqa: E402
@@ -35,10 +34,10 @@ from mlabatch.pipelines.spark import get_spark  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 
 
-def sample_chunks(n: int, tokenizer, max_tokens: int) -> list[str]:
+def sample_chunks(n: int, embedder) -> list[str]:
     """n chunk texts of the sample documents (cycled if the sample has fewer)."""
     texts = [t for t in sample_documents().column("text").to_pylist() if t and t.strip()]
-    chunks = [c.text for t in texts for c in split_text(t, tokenizer, max_tokens, 32, 64)]
+    chunks = [c.text for windows in embedder.chunker(overlap=32).split(texts) for c in windows]
     return [chunks[i % len(chunks)] for i in range(n)]
 
 
@@ -49,7 +48,7 @@ def main() -> None:
 
     model_dir = bundled_minilm_dir()
     embedder = load_model(model_dir, "cpu")
-    chunks = sample_chunks(args.docs, embedder.tokenizer, embedder.max_tokens)
+    chunks = sample_chunks(args.docs, embedder)
     work = Path(tempfile.mkdtemp(prefix="mlabatch-bench-"))
 
     def settings(name: str):

@@ -5,21 +5,22 @@ import logging
 
 import mlflow
 
-from mlabatch.jobs.summary import head_lines
+from mlabatch.jobs.summary import head_lines, task_lines
 from mlabatch.pipelines.checks import preflight_generate
 from mlabatch.pipelines.generation import GenerationStats, generate_prompts, sampling_hash
 from mlabatch.pipelines.settings import Settings
 from mlabatch.pipelines.spark import get_spark
 from mlabatch.pipelines.tables import on_databricks
-from mlabatch.pipelines.tracking import start_run
+from mlabatch.pipelines.tracking import log_metrics, start_run
 
 log = logging.getLogger(__name__)
 
 
-def run_generate(settings: Settings, generate_column=None, quiet: bool = False) -> tuple[GenerationStats, str]:
+def run_generate(settings: Settings, worker=None, quiet: bool = False) -> tuple[GenerationStats, str]:
     """Run every driver-side check (`preflight_generate`), then the pipeline inside an MLflow run.
 
-    Returns (stats, MLflow run id). `quiet` silences Spark's own logging (the CLI's -q).
+    Returns (stats, MLflow run id). `quiet` silences Spark's own logging (the CLI's -q); `worker`
+    replaces the model stage's function (tests).
     """
     cfg = settings.generate
     log.info("checking settings, MLflow, model %s and tables", cfg.model_uri)
@@ -29,8 +30,8 @@ def run_generate(settings: Settings, generate_column=None, quiet: bool = False) 
     with start_run(f"generate {cfg.source_table}") as run:
         mlflow.log_params({"model_version": model.version, "sampling_hash": sampling_hash(cfg),
                            **{f"generate.{k}": str(v) for k, v in cfg.model_dump().items()}})
-        stats = generate_prompts(spark, cfg, model, worker_ref, generate_column=generate_column)
-        mlflow.log_metrics(stats.metrics())
+        stats = generate_prompts(spark, cfg, model, worker_ref, worker=worker)
+        log_metrics(stats)
     return stats, run.info.run_id
 
 
@@ -42,6 +43,7 @@ def summary(stats: GenerationStats, settings: Settings, run_id: str) -> str:
         f"  target rows deleted  {stats.rows_removed:,}",
         f"  tokens               {stats.prompt_tokens:,} prompt, {stats.generated_tokens:,} generated "
         f"({stats.throughput:,.1f} new tokens/s)",
+        *task_lines(stats, "prompts"),
         f"  output (Delta)       {cfg.target_table}",
         f"  MLflow run           {run_id} in experiment {settings.mlflow.experiment}",
     ])

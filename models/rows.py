@@ -1,18 +1,23 @@
 """Model results as table rows: the bad-input rules, the per-row retry and the columns both faces return.
 
-Shared by the Spark UDFs (udfs.embed, udfs.generate, udfs.chunk) and the MLflow pyfuncs
+Shared by the Spark UDFs (udfs.embed, udfs.generate) and the MLflow pyfuncs
 (models.registry), so `embed_udf` and `mlflow.pyfunc.spark_udf` on a registered model give the same
 columns for the same values. Pure pandas: no Spark here.
 
 Values a model cannot take (null, not a string, blank) get an error without reaching it. If the
-model fails on a batch, each row is retried alone, so only the row that breaks it gets an error.
+embedder fails on a batch, each row is retried alone, so only the row that breaks it gets an error.
+Generation runs all of a task's prompts in one engine run: an engine failure there fails the task,
+which Spark retries (a row's text depends only on its prompt and settings, so retries repeat it).
 """
 from __future__ import annotations
 
 import unicodedata
-from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
+from collections import deque
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import pandas as pd
+
+from mlabatch.models.background import in_background
 
 if TYPE_CHECKING:
     from mlabatch.models.embedding.engine import Embedder
@@ -97,15 +102,66 @@ def embedding_rows(texts: pd.Series, embedder: Embedder) -> pd.DataFrame:
     })
 
 
+def generation_frames(batches: Iterable[pd.Series], generator: Generator, sampling: SamplingParams
+                      ) -> Iterator[pd.DataFrame]:
+    """GENERATE_RESULT_TYPE frames, one per batch of prompts and in order, from one engine run over all of them.
+
+    The next batches are tokenized on a background thread and join the running batch as slots free
+    up, so the decode batch stays full until the input ends. Bad prompts get an error, no text.
+    """
+    def prepare(prompts: pd.Series) -> _PromptBatch:
+        batch = _PromptBatch(prompts, [input_error(v, "prompt") for v in prompts])
+        for i, error in enumerate(batch.errors):
+            if error is None:
+                try:
+                    batch.seqs[i] = generator.prepare(i, prompts.iat[i], sampling)
+                except ValueError as err:  # a prompt with no tokens at all
+                    batch.errors[i] = f"generation failed: {err}"
+        return batch
+
+    open_batches: deque[_PromptBatch] = deque()
+    owner: dict[int, tuple[_PromptBatch, int]] = {}
+
+    def feed() -> Iterator:
+        for batch in in_background(lambda: map(prepare, batches), depth=2):
+            open_batches.append(batch)
+            for i, seq in batch.seqs.items():
+                owner[id(seq)] = (batch, i)
+                yield seq
+
+    for seq, output in generator.generate_stream(feed()):
+        batch, i = owner.pop(id(seq))
+        batch.outputs[i] = output
+        while open_batches and open_batches[0].complete:
+            yield open_batches.popleft().frame()
+    while open_batches:  # batches read after the last output: nothing of theirs reached the engine
+        yield open_batches.popleft().frame()
+
+
 def generation_rows(prompts: pd.Series, generator: Generator, sampling: SamplingParams) -> pd.DataFrame:
-    """The GENERATE_RESULT_TYPE columns for `prompts`, continued as one batch; bad rows get an error, no text."""
-    rows, errors = run_rows(prompts, lambda batch: generator.generate(batch, sampling), "prompt",
-                            "generation failed")
-    return pd.DataFrame({
-        "text": [o.text if o else None for o in rows],
-        "prompt_tokens": [o.prompt_tokens if o else 0 for o in rows],
-        "generated_tokens": [o.generated_tokens if o else 0 for o in rows],
-        "finish_reason": [o.finish_reason if o else None for o in rows],
-        "truncated": [o.truncated if o else False for o in rows],
-        "error": errors,
-    })
+    """The GENERATE_RESULT_TYPE columns for `prompts`, continued in one engine run; bad rows get an error, no text."""
+    return next(generation_frames([prompts], generator, sampling))
+
+
+class _PromptBatch:
+    """One batch of prompts on its way through the engine: their sequences, errors and outputs by row."""
+
+    def __init__(self, prompts: pd.Series, errors: list[str | None]) -> None:
+        self.prompts, self.errors = prompts, errors
+        self.seqs: dict = {}  # row -> Sequence, for the rows that reach the engine
+        self.outputs: dict = {}  # row -> Output
+
+    @property
+    def complete(self) -> bool:
+        return len(self.outputs) == len(self.seqs)
+
+    def frame(self) -> pd.DataFrame:
+        rows = [self.outputs.get(i) for i in range(len(self.prompts))]
+        return pd.DataFrame({
+            "text": [o.text if o else None for o in rows],
+            "prompt_tokens": [o.prompt_tokens if o else 0 for o in rows],
+            "generated_tokens": [o.generated_tokens if o else 0 for o in rows],
+            "finish_reason": [o.finish_reason if o else None for o in rows],
+            "truncated": [o.truncated if o else False for o in rows],
+            "error": self.errors,
+        })

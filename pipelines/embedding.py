@@ -1,4 +1,4 @@
-"""The embedding pipeline: documents -> token windows -> embed UDF -> one target row per (id, chunk).
+"""The embedding pipeline: documents -> one model stage (token windows, embedded) -> one target row per (id, chunk).
 
 Runs on the incremental skeleton: a document is embedded again only when its (id, content hash, model
 version, chunking) is not yet in the target; the results are MERGEd in increments of
@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
-from pyspark.sql import Column, DataFrame, SparkSession
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mlabatch.models.embedding.pooling import PoolingConfig
 from mlabatch.models.registry.resolve import ResolvedModel
 from mlabatch.pipelines.incremental import IncrementalPass, RunStats, run_pass
+from mlabatch.pipelines.resources import model_stage_profile
 from mlabatch.pipelines.settings import Settings
 from mlabatch.pipelines.sources import parallel_slots
-from mlabatch.udfs.chunk import CHUNK_SCHEMA, chunk_documents, pool_document_chunks
-from mlabatch.udfs.embed import embed_udf
+from mlabatch.udfs.embed import DOCUMENT_ROWS_SCHEMA, Windowing, embed_documents_worker
+from mlabatch.udfs.task_stats import Report
 
 log = logging.getLogger(__name__)
 
@@ -37,38 +39,31 @@ class EmbedStats(RunStats):
     tokens: int = 0
 
 
-def embed_documents(spark: SparkSession, settings: Settings, model: ResolvedModel,
-                    worker_model_ref: str, embed_column: Callable[[Column], Column] | None = None) -> EmbedStats:
+def embed_documents(spark: SparkSession, settings: Settings, model: ResolvedModel, worker_model_ref: str,
+                    worker: Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]] | None = None) -> EmbedStats:
     """Run one incremental embedding pass from settings.source into settings.target.
 
-    `worker_model_ref` is what workers load (a shared directory or a models:/ URI).
-    `embed_column` replaces the UDF (tests inject a failing one to check retries).
+    `worker_model_ref` is what workers load (a shared directory or a models:/ URI). `worker` replaces
+    the model stage's function (tests wrap the real one, `embed_documents_worker`, to fail a task).
     """
     cfg = settings.embed
     pooling = PoolingConfig.from_dir(model.local_dir)
-    max_tokens = min(cfg.max_tokens, pooling.max_tokens)
-    chunking = f"{max_tokens}/{cfg.overlap_tokens}/{cfg.max_chunks_per_doc}/{cfg.long_documents}"
+    windowing = Windowing(min(cfg.max_tokens, pooling.max_tokens), cfg.overlap_tokens, cfg.max_chunks_per_doc,
+                          pool=cfg.long_documents == "pool")
+    chunking = f"{windowing.max_tokens}/{cfg.overlap_tokens}/{cfg.max_chunks_per_doc}/{cfg.long_documents}"
+    profile = model_stage_profile(spark)
 
-    def stage(new_docs: DataFrame) -> DataFrame:
-        chunker = chunk_documents(worker_model_ref, max_tokens, cfg.overlap_tokens, cfg.max_chunks_per_doc)
+    def stage(new_docs: DataFrame, report: Report) -> DataFrame:
         partitions = max(cfg.partitions_per_worker * parallel_slots(spark), 1)
-        chunks = (new_docs.mapInPandas(chunker, CHUNK_SCHEMA)
-                  .repartition(partitions)
-                  .sortWithinPartitions("n_tokens"))
-        embed = embed_column or embed_udf(worker_model_ref, token_budget=cfg.token_budget, device=cfg.device)
-        result = chunks.withColumn("r", embed(F.col("chunk_text"))).select(
-            "id", "chunk", "content_hash", F.lit(model.version).alias("model_version"),
-            F.lit(chunking).alias("chunking"), "chunk_text",
-            F.col("r.token_count").alias("token_count"),
-            (F.col("r.truncated") | F.col("doc_truncated")).alias("truncated"),
-            F.col("r.embedding").alias("embedding"),
-            F.coalesce("doc_error", "r.error").alias("error"),
-            F.current_timestamp().alias("embedded_at"),
-        )
-        if cfg.long_documents == "pool":
-            result = result.groupBy("id").applyInPandas(pool_document_chunks(pooling.normalize), schema=result.schema)
-        log.info("chunking and embedding in %d partitions (progress bar: Spark stages)", partitions)
-        return result
+        model_stage = worker or embed_documents_worker(worker_model_ref, windowing, cfg.token_budget, cfg.device,
+                                                       report)
+        log.info("chunking and embedding in %d partitions%s (progress bar: Spark stages)", partitions,
+                 ", one GPU per task" if profile else "")
+        return (new_docs.repartition(partitions)
+                .mapInPandas(model_stage, DOCUMENT_ROWS_SCHEMA, profile=profile)
+                .select("id", "chunk", "content_hash", F.lit(model.version).alias("model_version"),
+                        F.lit(chunking).alias("chunking"), "chunk_text", "token_count", "truncated", "embedding",
+                        "error", F.current_timestamp().alias("embedded_at")))
 
     spec = IncrementalPass(
         source_table=settings.source.table, id_column=settings.source.id_column,

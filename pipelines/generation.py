@@ -1,4 +1,4 @@
-"""The generation pipeline: prompts -> generate UDF -> one target row per id.
+"""The generation pipeline: prompts -> one model stage (one engine run per task) -> one target row per id.
 
 Runs on the incremental skeleton: a prompt is generated again only when its (id, prompt hash, model
 version, sampling hash) is not yet in the target; the results are MERGEd in increments of
@@ -12,17 +12,20 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
-from pyspark.sql import Column, DataFrame, SparkSession
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mlabatch.models.generation.config import EngineConfig, SamplingParams
 from mlabatch.models.registry.resolve import ResolvedModel
 from mlabatch.pipelines.incremental import IncrementalPass, RunStats, run_pass
+from mlabatch.pipelines.resources import model_stage_profile
 from mlabatch.pipelines.settings import GenerateSettings
 from mlabatch.pipelines.sources import parallel_slots
-from mlabatch.udfs.generate import generate_udf
+from mlabatch.udfs.generate import PROMPT_ROWS_SCHEMA, generate_prompts_worker
+from mlabatch.udfs.task_stats import Report
 
 log = logging.getLogger(__name__)
 
@@ -57,28 +60,27 @@ def sampling_hash(cfg: GenerateSettings) -> str:
 
 
 def generate_prompts(spark: SparkSession, cfg: GenerateSettings, model: ResolvedModel, worker_model_ref: str,
-                     generate_column: Callable[[Column], Column] | None = None) -> GenerationStats:
+                     worker: Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]] | None = None
+                     ) -> GenerationStats:
     """Run one incremental generation pass from cfg.source_table into cfg.target_table.
 
-    `generate_column` replaces the UDF (tests inject a failing one to check retries).
+    `worker` replaces the model stage's function (tests wrap the real one, `generate_prompts_worker`,
+    to fail a task).
     """
     settings_hash = sampling_hash(cfg)
+    profile = model_stage_profile(spark)
 
-    def stage(new_prompts: DataFrame) -> DataFrame:
+    def stage(new_prompts: DataFrame, report: Report) -> DataFrame:
         partitions = max(cfg.partitions_per_worker * parallel_slots(spark), 1)
-        generate = generate_column or generate_udf(worker_model_ref, sampling_params(cfg), engine_config(cfg),
-                                                   cfg.device)
-        log.info("generating in %d partitions (progress bar: Spark stages)", partitions)
+        model_stage = worker or generate_prompts_worker(worker_model_ref, sampling_params(cfg), engine_config(cfg),
+                                                        cfg.device, report)
+        log.info("generating in %d partitions%s (progress bar: Spark stages)", partitions,
+                 ", one GPU per task" if profile else "")
         return (new_prompts.repartition(partitions).sortWithinPartitions(F.length("text"))
-                .withColumn("r", generate(F.col("text"))).select(
+                .mapInPandas(model_stage, PROMPT_ROWS_SCHEMA, profile=profile).select(
             "id", F.col("content_hash").alias("prompt_hash"), F.lit(model.version).alias("model_version"),
-            F.lit(settings_hash).alias("sampling_hash"), F.col("text").alias("prompt"),
-            F.col("r.text").alias("text"),
-            F.coalesce("r.prompt_tokens", F.lit(0)).alias("prompt_tokens"),
-            F.coalesce("r.generated_tokens", F.lit(0)).alias("generated_tokens"),
-            F.col("r.finish_reason").alias("finish_reason"),
-            F.coalesce("r.truncated", F.lit(False)).alias("truncated"),
-            F.coalesce("doc_error", "r.error").alias("error"),
+            F.lit(settings_hash).alias("sampling_hash"), "prompt", "text", "prompt_tokens", "generated_tokens",
+            "finish_reason", "truncated", F.coalesce("doc_error", "error").alias("error"),
             F.current_timestamp().alias("generated_at")))
 
     spec = IncrementalPass(

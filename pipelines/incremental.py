@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, ClassVar
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mlabatch.pipelines.errors import CannotRunError
+from mlabatch.pipelines.resources import TaskReports
 from mlabatch.pipelines.sources import load_texts, one_row_per_id
 from mlabatch.pipelines.tables import merge_into, read_table, table_exists
+from mlabatch.udfs.task_stats import Report, TaskStats
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +54,24 @@ class RunStats:
     truncated: int = 0
     increments: int = 0  # commits of new rows
     seconds: float = 0.0  # wall time of the worker stage, summed over the increments
+    tasks: list[TaskStats] = field(default_factory=list)  # what each task of the model stage reported
 
     @property
     def throughput(self) -> float:
         """The THROUGHPUT counter per second of the worker stage."""
         return getattr(self, self.THROUGHPUT[1]) / self.seconds if self.seconds else 0.0
 
+    @property
+    def engine_share(self) -> float:
+        """Engine time over task time, over all model tasks: how busy the model kept the GPU (or CPU)."""
+        task_seconds = sum(t.seconds for t in self.tasks)
+        return sum(t.engine_seconds for t in self.tasks) / task_seconds if task_seconds else 0.0
+
     def metrics(self) -> dict[str, float]:
-        """Flat numeric metrics for MLflow: every counter and the throughput."""
-        return {**{k: float(v) for k, v in asdict(self).items()}, self.THROUGHPUT[0]: self.throughput}
+        """Flat numeric metrics for MLflow: every counter, the throughput, the model tasks and their engine share."""
+        counters = {k: float(v) for k, v in asdict(self).items() if k != "tasks"}
+        return {**counters, self.THROUGHPUT[0]: self.throughput, "model_tasks": float(len(self.tasks)),
+                "engine_share": self.engine_share}
 
 
 @dataclass(frozen=True)
@@ -76,7 +87,8 @@ class IncrementalPass:
     keys: list[str]  # MERGE keys, "id" first: an id owns every target row carrying it
     hash_column: str  # target column holding the hash of the source text a row was made from
     fingerprint: dict[str, str]  # target column -> value a row must hold to be up to date (model version, settings)
-    stage: Callable[[DataFrame], DataFrame]  # (id, text, content_hash, doc_error) rows -> target rows
+    stage: Callable[[DataFrame, Report], DataFrame]  # (id, text, content_hash, doc_error) rows -> target rows;
+    # its model tasks hand their TaskStats to the Report
     totals: dict[str, Column]  # stats field -> aggregate over the target rows (errors and truncated are counted here)
     ids_per_increment: int  # ids run through the stage and MERGEd per commit
     max_delete_fraction: float  # share of the target's ids whose rows a run may delete
@@ -106,7 +118,9 @@ def run_pass(spark: SparkSession, spec: IncrementalPass, stats: RunStats) -> Run
     log.info("%d ids new or changed, %d unchanged (skipped)", stats.new, stats.skipped)
 
     if stats.new:
-        _run_increments(spark, new, spec, stats)
+        reports = TaskReports(spark)
+        _run_increments(spark, new, spec, stats, reports.report)
+        stats.tasks = reports.tasks()
     if target_existed:
         _delete_stale_rows(spark, docs, spec, stats)
     docs.unpersist()
@@ -140,7 +154,8 @@ def _guard_deletions(target: DataFrame, docs: DataFrame, spec: IncrementalPass, 
             f"the right one; if these deletions are intended, run again with --set {key}=1.0")
 
 
-def _run_increments(spark: SparkSession, new: DataFrame, spec: IncrementalPass, stats: RunStats) -> None:
+def _run_increments(spark: SparkSession, new: DataFrame, spec: IncrementalPass, stats: RunStats,
+                    report: Report) -> None:
     """Run the worker stage on the new ids and MERGE its rows, one increment at a time, each a commit.
 
     Ids are split by a hash of the id into ceil(new / ids_per_increment) slices: no sort or shuffle of
@@ -151,7 +166,7 @@ def _run_increments(spark: SparkSession, new: DataFrame, spec: IncrementalPass, 
     stats.increments = len(sizes)
     for number, (increment, size) in enumerate(sizes, 1):
         started = time.perf_counter()
-        result = spec.stage(slices.filter(F.col("_increment") == increment).drop("_increment")).cache()
+        result = spec.stage(slices.filter(F.col("_increment") == increment).drop("_increment"), report).cache()
         totals = result.agg(F.count("error").alias("errors"), F.sum(F.col("truncated").cast("int")).alias("truncated"),
                             *(column.alias(name) for name, column in spec.totals.items())).first()
         stats.seconds += time.perf_counter() - started

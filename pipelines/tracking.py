@@ -9,6 +9,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from mlabatch.pipelines.incremental import RunStats
 from mlabatch.pipelines.settings import MlflowSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -86,3 +87,13 @@ def run_params(settings: Settings, model_version: str) -> dict[str, str]:
         "model_version": model_version,
         **{f"embed.{k}": str(v) for k, v in settings.embed.model_dump().items()},
     }
+
+
+def log_metrics(stats: RunStats) -> None:
+    """Log a run's metrics, and per model task (step = task number) its engine share, rate and tokens."""
+    mlflow.log_metrics(stats.metrics())
+    for step, task in enumerate(stats.tasks):
+        mlflow.log_metrics({"task_engine_share": task.engine_share, "task_seconds": task.seconds,
+                            "task_items_per_s": task.items / task.seconds if task.seconds else 0.0,
+                            "task_tokens_in": float(task.tokens_in), "task_tokens_out": float(task.tokens_out)},
+                           step=step)

@@ -8,18 +8,21 @@ import threading
 from pathlib import Path
 from typing import Literal
 
-from tokenizers import Tokenizer
-
 from mlabatch.models.embedding.engine import Embedder, load_embedder
 from mlabatch.models.generation.config import EngineConfig
 from mlabatch.models.generation.engine import Generator, load_generator
 from mlabatch.models.registry.resolve import MlflowStores, local_dir
-from mlabatch.models.tokenizer import load_tokenizer
 
 _LOADERS = {"embedder": load_embedder, "generator": load_generator}
 _ENGINES: dict[tuple, Embedder | Generator] = {}
 _LOCK = threading.Lock()
 UDF_SETTING = "the model URI given to the UDF"  # where a worker's model URI came from, for errors
+
+
+def driver_stores(model_ref: str) -> MlflowStores | None:
+    """Call on the driver: the MLflow stores a models:/ URI is to be resolved in by the workers (the
+    driver's, whatever the workers' own defaults are); None for a directory, which needs no registry."""
+    return MlflowStores.current() if model_ref.startswith("models:/") else None
 
 
 @functools.lru_cache(maxsize=8)
@@ -43,9 +46,3 @@ def get_engine(kind: Literal["embedder", "generator"], model_ref: str, stores: M
         if key not in _ENGINES:
             _ENGINES[key] = _LOADERS[kind](local_model_dir(model_ref, stores), device, options)
         return _ENGINES[key]
-
-
-@functools.lru_cache(maxsize=8)
-def get_tokenizer(model_ref: str, stores: MlflowStores | None) -> Tokenizer:
-    """The model's tokenizer alone (no weights), for chunking."""
-    return load_tokenizer(local_model_dir(model_ref, stores))

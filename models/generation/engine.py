@@ -18,7 +18,8 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence as Seq
+from collections import deque
+from typing import Iterable, Iterator, Sequence as Seq
 
 import torch
 from tokenizers import Tokenizer
@@ -126,13 +127,14 @@ class Generator:
         return self._chat.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                               add_generation_prompt=True)
 
-    def _sequence(self, index: int, prompt: str | list[int], params: SamplingParams) -> Sequence:
-        """The prompt as a Sequence, cut to leave room for `params.max_new_tokens` in the context.
+    def prepare(self, index: int, prompt: str | list[int], params: SamplingParams = SamplingParams()) -> Sequence:
+        """The prompt tokenized as a Sequence, cut to leave room for `params.max_new_tokens` in the context.
 
         A cut drops the prompt's beginning (its end is what the continuation follows) and sets
         `truncated`. When `max_new_tokens` alone fills the context no prompt leaves room for all of it;
         the prompt then keeps up to context - 1 tokens, and generation ends at the context limit
-        (finish_reason "context").
+        (finish_reason "context"). Raises ValueError for a prompt with no tokens. Safe to call from
+        another thread while the engine runs (callers tokenize the next prompts meanwhile).
         """
         ids = self._encode(prompt)
         if not ids:
@@ -143,21 +145,44 @@ class Generator:
         return Sequence(index, ids[-keep:] if truncated else ids, params, self.max_context, truncated)
 
     # ---- the loop ----
-    @torch.no_grad()
     def generate(self, prompts: Seq[str | list[int]], params: SamplingParams | Seq[SamplingParams] = SamplingParams()
                  ) -> list[Output]:
         """Continue every prompt (text or token ids); outputs in prompt order."""
-        started = time.perf_counter()
         per_row = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
         if len(per_row) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(per_row)} sampling settings")
-        seqs = [self._sequence(i, p, s) for i, p, s in zip(range(len(prompts)), prompts, per_row)]
+        seqs = [self.prepare(i, p, s) for i, p, s in zip(range(len(prompts)), prompts, per_row)]
+        return [output for _, output in self.generate_stream(seqs)]
+
+    @torch.no_grad()
+    def generate_stream(self, seqs: Iterable[Sequence]) -> Iterator[tuple[Sequence, Output]]:
+        """Continue prepared sequences (see `prepare`) as they come, yielding (sequence, output) in input order.
+
+        One engine run however many there are: the input is read only while fewer than max_batch
+        sequences wait, so slots freed by finished rows are refilled at once and the decode batch stays
+        full until the input ends. `stats` covers the whole run; its `seconds` leave out the time spent
+        waiting for input and in the caller between outputs.
+        """
+        seqs = iter(seqs)
         sched = Scheduler(self.blocks, self.config.max_batch, self.config.prefill_token_budget)
-        sched.add(seqs)
-        self.stats = EngineStats(prompt_tokens=sum(len(s.prompt) for s in seqs))
+        self.stats = EngineStats()
         graph_steps = self.runner.graph_steps
-        pending: _Launched | None = None
-        while pending is not None or not sched.done:
+        order: deque[Sequence] = deque()  # read, not yet handed out
+        exhausted, pending = False, None
+        clock = time.perf_counter()
+        while True:
+            while not exhausted and len(sched.waiting) < self.config.max_batch:
+                self.stats.seconds += time.perf_counter() - clock
+                seq = next(seqs, None)
+                clock = time.perf_counter()
+                if seq is None:
+                    exhausted = True
+                else:
+                    order.append(seq)
+                    sched.add([seq])
+                    self.stats.prompt_tokens += len(seq.prompt)
+            if pending is None and sched.done:
+                break
             # The next step goes to the device before this one's tokens are read, so the host's
             # bookkeeping overlaps the device's work; admissions and preemptions wait for a quiet moment.
             following = self._continue(sched, pending) if pending is not None else None
@@ -172,11 +197,16 @@ class Generator:
                     plan = sched.plan()
                     tokens = torch.tensor([s.generated[-1] for s in plan.rows]).to(self.device, non_blocking=True)
                     pending = self._launch(plan, tokens, lag=0)
-        self.stats.preemptions = sched.preemptions
-        self.stats.graph_steps = self.runner.graph_steps - graph_steps
-        self.stats.generated_tokens = sum(len(s.generated) for s in seqs)
-        self.stats.seconds = time.perf_counter() - started
-        return [self._output(s) for s in seqs]
+            self.stats.preemptions = sched.preemptions
+            self.stats.graph_steps = self.runner.graph_steps - graph_steps
+            while order and order[0].finish_reason is not None:
+                seq = order.popleft()
+                self.stats.generated_tokens += len(seq.generated)
+                output = self._output(seq)
+                self.stats.seconds += time.perf_counter() - clock
+                yield seq, output  # the device works on `pending` meanwhile
+                clock = time.perf_counter()
+        self.stats.seconds += time.perf_counter() - clock
 
     def _prefill(self, sched: Scheduler) -> None:
         admitted = sched.admit()

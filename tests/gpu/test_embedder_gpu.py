@@ -41,3 +41,26 @@ def test_fp16_gpu_matches_fp32_cpu(random_minilm):
     gpu = gpu_model.embed(texts)
     cosine = (cpu * gpu).sum(1) / np.linalg.norm(cpu, axis=1) / np.linalg.norm(gpu, axis=1)
     assert gpu.dtype == np.float32 and cosine.min() >= 0.999, cosine
+
+
+def test_documents_worker_on_gpu_matches_embedding_its_chunk_texts(random_minilm):
+    """The pipeline's model stage on the GPU (tokenized once, windows embedded from their ids, batches
+    streamed) gives each window the vector of its chunk text embedded on its own."""
+    import pandas as pd
+
+    from mlabatch.models.registry.load import load_model
+    from mlabatch.udfs.embed import Windowing, embed_documents_worker
+
+    texts = list(topics.values())[:200] + [" ".join(topics.values())[:300_000]]
+    batches = [pd.DataFrame({"id": [str(i) for i in range(k, min(k + 64, len(texts)))], "text": texts[k:k + 64],
+                             "content_hash": "h", "doc_error": None}) for k in range(0, len(texts), 64)]
+    reports = []
+    worker = embed_documents_worker(str(random_minilm), Windowing(256, 32, 64, pool=False), device="cuda",
+                                    report=reports.append)
+    rows = pd.concat(list(worker(iter(batches))), ignore_index=True)
+    good = rows[rows["error"].isna()]
+    direct = load_model(random_minilm, "cuda").embed_with_counts(list(good["chunk_text"]))
+    ours = np.stack(good["embedding"].to_numpy())
+    cosine = (ours * direct.embeddings).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(direct.embeddings, axis=1)
+    assert cosine.min() >= 0.9999 and list(good["token_count"]) == direct.token_counts
+    assert len(rows) > len(texts) and reports[0].items == len(texts) and 0 < reports[0].engine_share <= 1

@@ -6,7 +6,7 @@ from deltalake import DeltaTable
 from pydoc_data.topics import topics
 
 from mlabatch.jobs.embed import run_embed
-from mlabatch.models.embedding.chunking import split_text
+from chunking_oracle import split_text
 
 
 def target_rows(settings) -> dict[tuple[str, int], dict]:
@@ -55,6 +55,13 @@ def test_first_run_embeds_everything_and_flags_bad_rows(spark, make_settings, em
     run = mlflow.get_run(run_id)
     assert run.data.metrics["chunks_embedded"] == len(rows)
     assert run.data.params["model_version"].startswith("dir:")
+    # every model task reported how busy its engine was, once per partition, documents and tokens adding up
+    assert len(stats.tasks) == len({(t.stage, t.partition) for t in stats.tasks}) >= 1
+    assert sum(t.items for t in stats.tasks) == stats.new and sum(t.tokens_in for t in stats.tasks) == stats.tokens
+    assert all(0 < t.engine_share <= 1 for t in stats.tasks if t.tokens_in)
+    assert run.data.metrics["model_tasks"] == len(stats.tasks) and 0 < run.data.metrics["engine_share"] <= 1
+    history = mlflow.tracking.MlflowClient().get_metric_history(run_id, "task_engine_share")
+    assert sorted(m.step for m in history) == list(range(len(stats.tasks)))
     assert {r["chunking"] for r in rows.values()} == {"128/16/64/chunks"}
 
 
@@ -105,19 +112,17 @@ def test_a_task_failing_on_its_first_attempt_is_retried_without_loss_or_duplicat
 
     import pandas as pd
     from pyspark import TaskContext
-    from pyspark.sql.functions import pandas_udf
 
-    from mlabatch.udfs.embed import EMBED_RESULT_TYPE, embed_series
+    from mlabatch.udfs.embed import Windowing, embed_documents_worker
 
-    ref = str(minilm_dir)
     failures = tmp_path / "failures"
     failures.mkdir()
+    real = embed_documents_worker(str(minilm_dir), Windowing(128, 16, 64, pool=False), 512, "cpu")
 
-    @pandas_udf(EMBED_RESULT_TYPE)
-    def flaky_embed(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+    def flaky(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         context = TaskContext.get()
-        for i, texts in enumerate(batches):
-            yield embed_series(texts, ref, "cpu")
+        for rows in real(batches):
+            yield rows
             if context.attemptNumber() == 0 and context.partitionId() % 2 == 0:
                 (failures / f"partition-{context.partitionId()}").touch()
                 raise RuntimeError("simulated executor loss after the first batch")
@@ -126,7 +131,7 @@ def test_a_task_failing_on_its_first_attempt_is_retried_without_loss_or_duplicat
     write_source(settings.source.table, documents())
     reference = make_settings(f"target.table={settings.target.table}_reference")
     run_embed(reference)
-    stats, _ = run_embed(settings, embed_column=flaky_embed)
+    stats, _ = run_embed(settings, worker=flaky)
 
     assert len(list(failures.iterdir())) >= 1, "no task failed: the test did not exercise a retry"
     got, want = target_rows(settings), target_rows(reference)

@@ -65,6 +65,11 @@ def test_generate_job_rows_errors_rerun_and_edits(spark, gen_settings, tiny_deco
     import mlflow
 
     assert mlflow.get_run(run_id).data.metrics["generated_tokens"] == sum(o.generated_tokens for o in want)
+    # one engine run per task, each reporting its prompts and tokens; together they are the run's
+    assert sum(t.items for t in stats.tasks) == stats.new
+    assert sum(t.tokens_out for t in stats.tasks) == stats.generated_tokens
+    assert sum(t.tokens_in for t in stats.tasks) == stats.prompt_tokens
+    assert all(0 < t.engine_share <= 1 for t in stats.tasks if t.tokens_out)
 
     stats, _ = run_generate(settings)
     assert (stats.new, stats.deleted) == (0, 0)
@@ -88,22 +93,19 @@ def test_generate_job_rows_errors_rerun_and_edits(spark, gen_settings, tiny_deco
 
 def test_a_retried_task_loses_and_duplicates_nothing(spark, gen_settings, tmp_path):
     from pyspark import TaskContext
-    from pyspark.sql.functions import pandas_udf
 
-
-    from mlabatch.udfs.generate import GENERATE_RESULT_TYPE, generate_series
+    from mlabatch.udfs.generate import generate_prompts_worker
 
     settings = gen_settings("generate.temperature=1.0", "generate.seed=3")
     cfg = settings.generate
     failures = tmp_path / "failures"
     failures.mkdir()
-    ref, params, engine = cfg.model_uri, sampling_params(cfg), engine_config(cfg)
+    real = generate_prompts_worker(cfg.model_uri, sampling_params(cfg), engine_config(cfg), "cpu")
 
-    @pandas_udf(GENERATE_RESULT_TYPE)
-    def flaky(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+    def flaky(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         context = TaskContext.get()
-        for prompts in batches:
-            yield generate_series(prompts, ref, "cpu", params, engine)
+        for rows in real(batches):
+            yield rows
             if context.attemptNumber() == 0 and context.partitionId() % 2 == 0:
                 (failures / f"partition-{context.partitionId()}").touch()
                 raise RuntimeError("simulated executor loss after the first batch")
@@ -112,7 +114,7 @@ def test_a_retried_task_loses_and_duplicates_nothing(spark, gen_settings, tmp_pa
     reference = gen_settings("generate.temperature=1.0", "generate.seed=3",
                              f"generate.target_table={cfg.target_table}_reference")
     run_generate(reference)
-    stats, _ = run_generate(settings, generate_column=flaky)
+    stats, _ = run_generate(settings, worker=flaky)
     assert len(list(failures.iterdir())) >= 1, "no task failed: the test did not exercise a retry"
     got, want = _rows(settings), _rows(reference)
     assert sorted(got) == sorted(want) and stats.new == len(want)

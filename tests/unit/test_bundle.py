@@ -72,11 +72,14 @@ def test_variables_and_cluster_keys_resolve(bundle):
 
 
 def test_gpu_clusters_and_schedules(bundle):
+    variables = {k: v["default"] for k, v in bundle["variables"].items() if "default" in v}
+    assert variables["node_type"] == "p5.48xlarge"
     for key, spec in bundle["resources"]["jobs"].items():
         cluster = spec["job_clusters"][0]["new_cluster"]
         assert cluster["spark_version"].startswith("17.3.x-gpu-ml")
         assert cluster["data_security_mode"] == "SINGLE_USER"
-        assert cluster["spark_conf"]["spark.task.resource.gpu.amount"] == "1"
+        share = float(resolve(cluster["spark_conf"]["spark.task.resource.gpu.amount"], variables, {}))
+        assert share <= 0.5 and round(1 / share) == 24  # p5.48xlarge: 192 vCPUs over 8 GPUs; Spark takes <= 0.5
         assert cluster["spark_env_vars"]["MLABATCH_KERNELS_CACHE"].startswith("/Volumes/")
         assert spec["name"] == job_name(key)  # `mlabatch run <key>` finds it
         scheduled = "schedule" in spec

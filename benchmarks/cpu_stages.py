@@ -1,0 +1,116 @@
+"""What the CPU side of `mlabatch embed` sustains per core, with a model that costs nothing, and what that
+means for a GPU node.
+
+Local Spark on this machine's cores runs the real pipeline (read the Delta source, hash, dedupe, the
+incremental anti-join against the target, MERGE) on 20,000 documents of the benchmarks/embed.py kind,
+with the model stage replaced by a zero-cost function (one constant vector per document): (1) a first
+run into an empty target, (2) a run after every document changed (anti-join against 20,000 target rows,
+MERGE updating them). Separately, the model stage's own CPU work, tokenizing and windowing (the
+Chunker), on one core. Per-core rates times a node's vCPUs give the ceiling of its CPU stages, to set
+against the GPU stage's rate (benchmarks/worker_path.py, measured on an H200).
+
+    .venv/bin/python benchmarks/cpu_stages.py [--docs 20000] [--gpu-docs-per-s 16000]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["RAYON_NUM_THREADS"] = "1"  # the tokenizer on one core (must precede its first use)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pyarrow as pa  # noqa: E402
+from deltalake import write_deltalake  # noqa: E402
+from embed import synthetic_documents  # noqa: E402  benchmarks/embed.py, beside this script
+
+from mlabatch.jobs.config import load_settings  # noqa: E402
+from mlabatch.jobs.embed import run_embed  # noqa: E402
+from mlabatch.models.registry.bundled import bundled_minilm_dir  # noqa: E402
+from mlabatch.models.registry.load import load_model  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+NODES = {"p5.48xlarge (8 GPUs, 192 vCPUs)": (8, 192), "g6e.xlarge (1 GPU, 4 vCPUs)": (1, 4)}
+
+
+def zero_cost_model(batches):
+    """The model stage's output shape (one window per document, a constant vector) at no cost."""
+    vector = np.zeros(384, dtype=np.float32)
+    for docs in batches:
+        yield pd.DataFrame({"id": docs["id"], "chunk": 0, "content_hash": docs["content_hash"],
+                            "chunk_text": docs["text"], "token_count": 1, "truncated": False,
+                            "embedding": [vector] * len(docs), "error": docs["doc_error"]})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=20000)
+    parser.add_argument("--gpu-docs-per-s", type=float, default=None,
+                        help="the model stage's docs/s on one GPU (worker path, benchmarks/worker_path.py)")
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    work = Path(tempfile.mkdtemp(prefix="mlabatch-cpu-stages-"))
+    model_dir = bundled_minilm_dir()
+    docs = synthetic_documents(args.docs)
+
+    def settings(name: str):
+        return load_settings([], [
+            f"source.table={work}/{name}-source", f"target.table={work}/{name}-target", f"model.uri={model_dir}",
+            f"mlflow.tracking_uri=sqlite:///{work}/mlflow.db", f"mlflow.registry_uri=sqlite:///{work}/mlflow.db",
+            f"mlflow.artifact_location={work}/artifacts", f"spark.master=local[{cores}]",
+            "target.ids_per_increment=100000", "target.max_delete_fraction=1.0"])
+
+    def write(name: str, texts: list[str]) -> None:
+        write_deltalake(str(work / f"{name}-source"), pa.table({"id": [f"d{i}" for i in range(len(texts))],
+                                                               "text": texts}), mode="overwrite")
+
+    write("warm", docs[:200])
+    run_embed(settings("warm"), worker=zero_cost_model, quiet=True)  # JVM, Python workers
+    write("bench", docs)
+    timings = {}
+    for label, texts in (("first run (empty target)", docs), ("every document changed", [t + " x" for t in docs])):
+        write("bench", texts)
+        started = time.perf_counter()
+        run_embed(settings("bench"), worker=zero_cost_model, quiet=True)
+        timings[label] = time.perf_counter() - started
+
+    chunker = load_model(model_dir, "cpu").chunker(256, 32, 64)
+    started = time.perf_counter()
+    windows = chunker.split(docs)
+    chunk_s = time.perf_counter() - started
+
+    rows = [{"stage": f"read + dedupe + anti-join + MERGE, {label}", "docs": len(docs), "seconds": s,
+             "docs_per_s": len(docs) / s, "cores": cores, "docs_per_s_per_core": len(docs) / s / cores}
+            for label, s in timings.items()]
+    rows.append({"stage": "tokenize + window (model stage's CPU work)", "docs": len(docs), "seconds": chunk_s,
+                 "docs_per_s": len(docs) / chunk_s, "cores": 1, "docs_per_s_per_core": len(docs) / chunk_s,
+                 "windows": sum(len(w) for w in windows)})
+    cpu_core = min(r["docs_per_s_per_core"] for r in rows[:2])  # the slower incremental case
+    tokenize_core = rows[2]["docs_per_s_per_core"]
+    for node, (gpus, vcpus) in NODES.items():
+        cores_per_gpu = vcpus // gpus
+        row = {"stage": f"node estimate: {node}", "cpu_stages_docs_per_s": cpu_core * vcpus,
+               "tokenize_docs_per_s_per_gpu_task": tokenize_core * cores_per_gpu,
+               "assumes": "linear scaling of the per-core rates measured here"}
+        if args.gpu_docs_per_s:
+            gpu = min(args.gpu_docs_per_s, tokenize_core * cores_per_gpu) * gpus
+            row.update(model_stage_docs_per_s=gpu,
+                       sustained_docs_per_s=1 / (1 / (cpu_core * vcpus) + 1 / gpu),  # stages run one after another
+                       gpu_docs_per_s_assumed=args.gpu_docs_per_s)
+        rows.append(row)
+    RESULTS.mkdir(exist_ok=True)
+    with open(RESULTS / "cpu-stages-cpu.jsonl", "a") as out:
+        for r in rows:
+            out.write(json.dumps({**r, "date": time.strftime("%Y-%m-%d")}) + "\n")
+    for r in rows:
+        print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
