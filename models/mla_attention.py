@@ -38,7 +38,11 @@ class LatentWeights(NamedTuple):
 
 @dataclass(frozen=True)
 class MLAShape:
-    """Sizes of one converted attention layer; `has_nope` is False when every key stays RoPE'd exactly."""
+    """Sizes of one converted attention layer; `has_nope` is False when every key stays RoPE'd exactly.
+
+    `qk_norm_eps` is set for sources that RMS-normalize each query and key head before RoPE (Qwen3); they
+    convert with every key kept (has_nope False), so the norm runs on the RoPE'd part, per head.
+    """
 
     d_model: int
     n_heads: int
@@ -47,6 +51,12 @@ class MLAShape:
     d_c: int
     d_rope: int
     has_nope: bool
+    qk_norm_eps: float | None = None
+
+    @property
+    def rope_unit(self) -> int:
+        """Width of one RoPE rotation (rotate-half) block: a head, or all of d_rope when it is narrower."""
+        return min(self.d_rope, self.head_dim)
 
 
 class MLAAttention(nn.Module):
@@ -66,6 +76,11 @@ class MLAAttention(nn.Module):
         if s.d_rope:
             self.q_rope = nn.Linear(s.d_model, s.n_heads * s.d_rope)
             self.k_rope = nn.Linear(s.d_model, s.d_rope)
+        if s.qk_norm_eps is not None:
+            if s.has_nope:
+                raise ValueError("per-head q/k norm needs every key kept RoPE'd (has_nope False)")
+            self.q_norm = nn.RMSNorm(s.head_dim, eps=s.qk_norm_eps)
+            self.k_norm = nn.RMSNorm(s.head_dim, eps=s.qk_norm_eps)
         self._fused: tuple[torch.Tensor, torch.Tensor] | None = None  # set by fuse()
         self._latent: LatentWeights | None = None  # set by fuse()
 
@@ -105,8 +120,18 @@ class MLAAttention(nn.Module):
         width, dq = s.d_c + s.d_rope, s.head_dim * s.has_nope + s.d_rope
         if s.d_rope:  # starting dq before the queries, k_rope takes the place of a head's RoPE part
             r = y[..., width - dq:].unflatten(-1, (s.n_heads + 1, dq))[..., dq - s.d_rope:]
-            rope_(r.unflatten(-1, (-1, s.head_dim)), *rope)
+            if s.qk_norm_eps is not None:
+                self._qk_norm(r.unflatten(-1, (-1, s.head_dim)))
+            rope_(r.unflatten(-1, (-1, s.rope_unit)), *rope)
         return Projections(y[..., :width], y[..., width:].unflatten(-1, (s.n_heads, dq)))
+
+    def _qk_norm(self, heads: torch.Tensor) -> None:
+        """RMS-normalize key heads (group 0) and query heads (groups 1..) of [..., h + 1, chunks, head_dim] in
+        place, in float32 as the source does; a query's zero chunks (other KV groups) stay zero."""
+        for part, norm in ((heads[..., :1, :, :], self.k_norm), (heads[..., 1:, :, :], self.q_norm)):
+            x = part.float()
+            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps)
+            part.copy_(norm.weight * x.to(part.dtype))
 
     def expand(self, rows: torch.Tensor, pad_values: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-query-head keys [..., s, h, dq] and values [..., s, h, head_dim] from cache rows

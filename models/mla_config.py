@@ -38,6 +38,7 @@ class MLAModelConfig(BaseModel):
     tie_word_embeddings: bool | None = None  # decoders
     kernel_head_dim_v: int | None = None  # decoders: the decode kernel's (head_dim_v, d_rope) for a cache row
     kernel_d_rope: int | None = None
+    qk_norm: bool = False  # decoders: per-head q/k RMSNorm before RoPE (Qwen3)
 
     @classmethod
     def read(cls, model_dir: str | Path, kind: str | None = None) -> "MLAModelConfig":
@@ -63,10 +64,11 @@ class MLAModelConfig(BaseModel):
         """Values cached per token per layer: d_c + d_rope."""
         return self.d_c + self.d_rope
 
-    def attention_shape(self, d_model: int) -> MLAShape:
-        """The MLAShape of every attention layer of this model."""
+    def attention_shape(self, d_model: int, rms_norm_eps: float | None = None) -> MLAShape:
+        """The MLAShape of every attention layer of this model (`rms_norm_eps` for q/k norm, decoders)."""
         return MLAShape(d_model=d_model, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads, head_dim=self.head_dim,
-                        d_c=self.d_c, d_rope=self.d_rope, has_nope=self.has_nope)
+                        d_c=self.d_c, d_rope=self.d_rope, has_nope=self.has_nope,
+                        qk_norm_eps=rms_norm_eps if self.qk_norm else None)
 
 
 def is_converted(model_dir: str | Path) -> bool:

@@ -1,4 +1,4 @@
-"""Runtime of MLA-converted Llama/Qwen2 decoders: prefill into a paged latent cache, then one-token decode steps.
+"""Runtime of MLA-converted Llama-family decoders (Llama, Mistral, Qwen2/3, Phi-3): prefill into a paged latent cache, then one-token decode steps.
 
 The cache is a tensor `kv [layers, blocks, 64, 1, d_c + d_rope]`; which slots a token uses is decided by
 the caller (the generation engine's block manager) and passed in. `prefill` runs the non-absorbed form
@@ -65,13 +65,13 @@ class _DecoderLayer(nn.Module):
         super().__init__()
         d, eps = cfg["hidden_size"], cfg["rms_norm_eps"]
         self.attn_norm = nn.RMSNorm(d, eps=eps)
-        self.attn = MLAAttention(mla.attention_shape(d))
+        self.attn = MLAAttention(mla.attention_shape(d, eps))
         self.mlp_norm = nn.RMSNorm(d, eps=eps)
         self.mlp = _MLP(d, cfg["intermediate_size"], bool(cfg.get("mlp_bias", False)))
 
 
 class MLADecoder(nn.Module):
-    """Llama/Qwen2 with MLA attention; logits in float32."""
+    """A Llama-family decoder with MLA attention; logits in float32."""
 
     def __init__(self, cfg: dict, mla: MLAModelConfig) -> None:
         super().__init__()
@@ -84,7 +84,7 @@ class MLADecoder(nn.Module):
         self.lm_head = nn.Linear(d, cfg["vocab_size"], bias=False)
         if mla.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        self.register_buffer("rope_inv_freq", torch.zeros(mla.head_dim // 2))
+        self.register_buffer("rope_inv_freq", torch.zeros(mla.attention_shape(d).rope_unit // 2))
 
     def fuse(self) -> None:
         """One matmul for each layer's attention inputs and one for gate + up; call after moving the model."""

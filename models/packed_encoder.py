@@ -3,13 +3,15 @@
 A batch of sequences is one [T, d] tensor of real tokens plus cumulative lengths. Token-wise work
 (embeddings, projections, feed-forward, LayerNorm) runs on T rows only; attention is variable-length
 (FlashAttention's varlen kernel through torch on CUDA, masked SDPA over a padded view on the CPU).
-Built from a Hugging Face BertModel or from an MLA-converted encoder, sharing the same weights.
+Built from a Hugging Face BERT-family model (BERT, RoBERTa, XLM-R, DistilBERT) or from an MLA-converted
+encoder, sharing the same weights.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from mlabatch.models.mla_encoder import EncoderDims
 from mlabatch.models.varlen import PackedLayout, varlen_attention
 
 
@@ -60,40 +62,54 @@ class PackedLayer(nn.Module):
 
 
 class PackedEncoder(nn.Module):
-    """Embeddings (word + learned position + token type 0) and layers, on packed tokens."""
+    """Embeddings (word + learned position + token type 0, where the family has token types) and layers,
+    on packed tokens; positions count from `position_offset` (padding_idx + 1 in RoBERTa/XLM-R)."""
 
-    def __init__(self, word: nn.Embedding, position: nn.Embedding, token_type: nn.Embedding,
-                 norm: nn.LayerNorm, layers: list[PackedLayer]):
+    def __init__(self, word: nn.Embedding, position: nn.Embedding, token_type: nn.Embedding | None,
+                 norm: nn.LayerNorm, layers: list[PackedLayer], position_offset: int = 0):
         super().__init__()
         self.word, self.position, self.token_type, self.norm = word, position, token_type, norm
+        self.position_offset = position_offset
         self.layers = nn.ModuleList(layers)
 
     @property
     def max_positions(self) -> int:
-        return self.position.num_embeddings
+        return self.position.num_embeddings - self.position_offset
 
     def forward(self, ids: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
         """Hidden states [T, d] for packed token ids [T]."""
-        x = self.norm(self.word(ids) + self.position(layout.positions) + self.token_type.weight[0])
+        x = self.word(ids) + self.position(layout.positions + self.position_offset)
+        if self.token_type is not None:
+            x = x + self.token_type.weight[0]
+        x = self.norm(x)
         for layer in self.layers:
             x = layer(x, layout)
         return x
 
 
-def packed_from_hf_bert(model: nn.Module) -> PackedEncoder:
-    """Wrap a transformers BertModel's weights (no copies but the fused QKV)."""
+def packed_from_hf(model: nn.Module, dims: EncoderDims) -> PackedEncoder:
+    """Wrap a transformers BertModel, RobertaModel, XLMRobertaModel or DistilBertModel (no copies but the fused
+    QKV); `dims` from the model's config.json."""
     emb, heads = model.embeddings, model.config.num_attention_heads
-    layers = [
-        PackedLayer(
-            FusedQKV(layer.attention.self.query, layer.attention.self.key, layer.attention.self.value, heads),
-            layer.attention.output.dense, layer.attention.output.LayerNorm,
-            layer.intermediate.dense, layer.output.dense, layer.output.LayerNorm,
-            layer.intermediate.intermediate_act_fn,
-        )
-        for layer in model.encoder.layer
-    ]
-    return PackedEncoder(emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings,
-                         emb.LayerNorm, layers)
+    if model.config.model_type == "distilbert":
+        layers = [
+            PackedLayer(FusedQKV(layer.attention.q_lin, layer.attention.k_lin, layer.attention.v_lin, heads),
+                        layer.attention.out_lin, layer.sa_layer_norm, layer.ffn.lin1, layer.ffn.lin2,
+                        layer.output_layer_norm, layer.ffn.activation)
+            for layer in model.transformer.layer
+        ]
+    else:
+        layers = [
+            PackedLayer(
+                FusedQKV(layer.attention.self.query, layer.attention.self.key, layer.attention.self.value, heads),
+                layer.attention.output.dense, layer.attention.output.LayerNorm,
+                layer.intermediate.dense, layer.output.dense, layer.output.LayerNorm,
+                layer.intermediate.intermediate_act_fn,
+            )
+            for layer in model.encoder.layer
+        ]
+    return PackedEncoder(emb.word_embeddings, emb.position_embeddings, getattr(emb, "token_type_embeddings", None),
+                         emb.LayerNorm, layers, dims.position_offset)
 
 
 def packed_from_mla_encoder(model: nn.Module) -> PackedEncoder:
@@ -104,5 +120,5 @@ def packed_from_mla_encoder(model: nn.Module) -> PackedEncoder:
                     layer.ffn_out, layer.ffn_norm, layer.act)
         for layer in model.layers
     ]
-    return PackedEncoder(emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings,
-                         emb.LayerNorm, layers)
+    return PackedEncoder(emb.word_embeddings, emb.position_embeddings, getattr(emb, "token_type_embeddings", None),
+                         emb.LayerNorm, layers, model.dims.position_offset)

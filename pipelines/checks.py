@@ -16,9 +16,10 @@ from urllib.parse import urlsplit
 from mlflow.exceptions import MlflowException
 from pyspark.sql import SparkSession
 
-from mlabatch.models.conversion.convert import ARCHITECTURES
-from mlabatch.models.embedding.encoders import SUPPORTED_ENCODERS
+from mlabatch.models.embedding.encoders import unsupported_encoder
+from mlabatch.models.generation.decoders import unconverted_problem
 from mlabatch.models.mla_config import MLAModelConfig, is_converted
+from mlabatch.models.mla_encoder import ENCODER_TYPES
 from mlabatch.models.registry.resolve import ResolvedModel, resolve_model
 from mlabatch.pipelines.errors import CannotRunError, SettingsError
 from mlabatch.pipelines.settings import MlflowSettings, Settings
@@ -129,14 +130,14 @@ def check_encoder(model: ResolvedModel, key: str) -> None:
                 f"mlabatch generate --set generate.model_uri={model.uri}")
         return
     model_type = _model_type(model)
-    if model_type not in SUPPORTED_ENCODERS:
-        raise CannotRunError(
-            f"{key}={model.uri} is a {model_type!r} model; the embedder runs {' and '.join(SUPPORTED_ENCODERS)} "
-            f"encoders. Set {key} to one of those")
+    if model_type not in ENCODER_TYPES:
+        raise CannotRunError(f"{key}={model.uri}: {unsupported_encoder(model.local_dir, model_type)}. "
+                             f"Set {key} to such a model")
 
 
 def check_decoder(model: ResolvedModel, key: str) -> None:
-    """CannotRunError unless the generator runs `model`: a decoder converted to MLA."""
+    """CannotRunError unless the generator runs `model`: a converted decoder, or a supported one it converts
+    exactly in memory."""
     if is_converted(model.local_dir):
         mla = MLAModelConfig.read(model.local_dir)
         if mla.kind != "decoder":
@@ -145,18 +146,9 @@ def check_decoder(model: ResolvedModel, key: str) -> None:
                 f"`mlabatch generate` needs a decoder converted with `mlabatch convert`, e.g. "
                 "mlabatch convert --set convert.source=smollm2 --set convert.output_dir=data/models/smollm2-mla")
         return
-    model_type = _model_type(model)
-    arch = ARCHITECTURES.get(model_type)
-    if arch is None or arch.kind != "decoder":
-        decoders = sorted(name for name, a in ARCHITECTURES.items() if a.kind == "decoder")
-        raise CannotRunError(
-            f"{key}={model.uri} is a {model_type!r} model, not a decoder `mlabatch convert` supports "
-            f"({', '.join(decoders)}); convert one, e.g. "
-            "mlabatch convert --set convert.source=smollm2 --set convert.output_dir=data/models/smollm2-mla")
-    raise CannotRunError(
-        f"{key}={model.uri} is a {model_type} decoder not yet converted to MLA; convert it first: "
-        f"mlabatch convert --set convert.source={model.local_dir} --set convert.output_dir=data/models/<name>-mla, "
-        f"then --set {key}=data/models/<name>-mla")
+    problem = unconverted_problem(model.local_dir)
+    if problem is not None:
+        raise CannotRunError(f"{key}={model.uri}: {problem}")
 
 
 def _model_type(model: ResolvedModel) -> str | None:

@@ -1,4 +1,4 @@
-"""Convert a Hugging Face model directory (BERT, Llama, Qwen2) to MLA: `convert(hf_dir, config, out_dir)`.
+"""Convert a Hugging Face model directory (a family of `families.FAMILIES`) to MLA: `convert(hf_dir, config, out_dir)`.
 
 Per layer, keys are rotated per frequency (RoRoPE) into d_rope RoPE'd dims and the rest; the RoPE slots
 go to the key mixes that lose most without RoPE, the same frequencies in every layer (fast frequencies may
@@ -15,11 +15,9 @@ tokenizer and sentence-transformers files.
 from __future__ import annotations
 
 import copy
-import json
 import re
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,104 +27,39 @@ from mlabatch.kernels import SUPPORTED_D_ROPE, SUPPORTED_D_V, kernel_dims
 from mlabatch.models.conversion.calibration import (LayerStats, cache_key, calibration_texts, collect_fed_stats,
                                                     collect_stats, load_stats, save_stats)
 from mlabatch.models.conversion.config import ConversionError, MLAConfig
+from mlabatch.models.conversion.families import Family, SourceShape, read_source_shape, split_fused
 from mlabatch.models.conversion.linalg import eigh_descending
 from mlabatch.models.conversion.rorope import rope_slots, rorope_mixes, rorope_rotation
 from mlabatch.models.mla_config import MLAModelConfig
 
 
-@dataclass(frozen=True)
-class _Arch:
-    """Where a source architecture keeps its attention weights and how its other weights are renamed."""
-
-    kind: str  # "encoder" or "decoder"
-    layer: str  # prefix of layer i, with {i}
-    q: str
-    k: str
-    v: str
-    o: str
-    renames: tuple[tuple[str, str], ...]  # regex -> our name, applied to non-attention weights
-    drop: str  # regex of source weights the runtime does not use
-
-
-def _per_layer(prefix: str, names: dict[str, str]) -> tuple[tuple[str, str], ...]:
-    """Renames of per-layer weights: `{prefix}.{i}.{theirs}.*` -> `layers.{i}.{ours}.*`."""
-    return tuple((rf"^{re.escape(prefix)}\.(\d+)\.{re.escape(theirs)}\.", rf"layers.\1.{ours}.")
-                 for theirs, ours in names.items())
-
-
-_BERT = _Arch(
-    "encoder", "encoder.layer.{i}.", "attention.self.query", "attention.self.key", "attention.self.value",
-    "attention.output.dense",
-    _per_layer("encoder.layer", {"attention.output.LayerNorm": "attn_norm", "intermediate.dense": "ffn_in",
-                                 "output.dense": "ffn_out", "output.LayerNorm": "ffn_norm"})
-    + ((r"^(embeddings\.)", r"\1"),),
-    r"^pooler\.|position_ids$")
-_LLAMA = _Arch(
-    "decoder", "model.layers.{i}.", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-    _per_layer("model.layers", {"input_layernorm": "attn_norm", "post_attention_layernorm": "mlp_norm", "mlp": "mlp"})
-    + ((r"^model\.(embed_tokens|norm)\.", r"\1."), (r"^(lm_head)\.", r"\1.")),
-    r"rotary_emb")
-ARCHITECTURES = {"bert": _BERT, "llama": _LLAMA, "qwen2": _LLAMA}  # HF model_type -> layout
-
-
-@dataclass(frozen=True)
-class SourceShape:
-    """Attention sizes of the source model, read from its config.json."""
-
-    arch: str
-    d_model: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    has_rope: bool
-
-    @property
-    def kv_values_per_token(self) -> int:
-        """Cached K and V values per token per layer in the source model."""
-        return 2 * self.n_kv_heads * self.head_dim
-
-    def exact_d_rope(self) -> int:
-        """d_rope that keeps every RoPE'd key (0 without RoPE)."""
-        return self.n_kv_heads * self.head_dim if self.has_rope else 0
-
-    def exact_d_c(self, d_rope: int) -> int:
-        """Rank of [K_nope ; V] for a given d_rope: the largest d_c that is not redundant."""
-        n_nope = self.n_kv_heads * self.head_dim - d_rope if self.has_rope else self.n_kv_heads * self.head_dim
-        return min(self.d_model, n_nope + self.n_kv_heads * self.head_dim)
-
-
-def read_source_shape(hf_dir: Path) -> SourceShape:
-    """Source sizes from `hf_dir/config.json`; raises ConversionError for a missing dir, weights or architecture."""
-    hf_dir = Path(hf_dir)
-    if not (hf_dir / "config.json").is_file():
-        raise ConversionError(f"{hf_dir} has no config.json; pass a Hugging Face model directory")
-    if not (list(hf_dir.glob("*.safetensors")) or list(hf_dir.glob("pytorch_model*.bin"))):
-        raise ConversionError(f"{hf_dir} has no weights (*.safetensors or pytorch_model*.bin)")
-    cfg = json.loads((hf_dir / "config.json").read_text())
-    arch = cfg.get("model_type")
-    if arch not in ARCHITECTURES:
-        raise ConversionError(f"architecture {arch!r} is not supported; supported model_type values: "
-                              f"{sorted(ARCHITECTURES)} (BertModel, LlamaForCausalLM, Qwen2ForCausalLM)")
-    n_heads = cfg["num_attention_heads"]
-    rope_type = (cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}).get("rope_type", "default")
-    if ARCHITECTURES[arch].kind == "decoder" and rope_type != "default":
-        raise ConversionError(f"rope type {rope_type!r} is not supported; only default RoPE")
-    return SourceShape(arch=arch, d_model=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
-                       n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
-                       head_dim=cfg.get("head_dim") or cfg["hidden_size"] // n_heads,
-                       has_rope=ARCHITECTURES[arch].kind == "decoder")
+def allowed_d_rope(shape: SourceShape) -> list[int]:
+    """d_rope values a source can convert to: below a head (RoRoPE into fewer dims, even), whole heads up to
+    every key kept; q/k-normalized sources (Qwen3) keep every key (the norm does not commute with mixing heads)."""
+    hd, nkv = shape.head_dim, shape.n_kv_heads
+    if not shape.has_rope:
+        return [0]
+    if shape.family.qk_norm:
+        return [nkv * hd]
+    return list(range(2, hd, 2)) + [hd * n for n in range(1, nkv + 1)]
 
 
 def resolve_widths(shape: SourceShape, config: MLAConfig) -> tuple[int, int]:
     """(d_c, d_rope) for this model, validated; raises ConversionError naming the allowed values."""
     hd, nkv = shape.head_dim, shape.n_kv_heads
-    allowed_rope = [hd * n for n in range(1, nkv + 1)] if shape.has_rope else [0]
+    allowed = allowed_d_rope(shape)
     d_rope = config.d_rope if config.d_rope is not None else shape.exact_d_rope()
-    if d_rope not in allowed_rope:
-        raise ConversionError(f"d_rope={d_rope} is not allowed for {shape.arch}: choose one of {allowed_rope} "
-                              f"({hd} = RoRoPE shared key, {hd * nkv} = keys kept exactly)"
-                              if shape.has_rope else f"d_rope={d_rope}: {shape.arch} has no RoPE, use d_rope=0")
+    if d_rope not in allowed:
+        if not shape.has_rope:
+            raise ConversionError(f"d_rope={d_rope}: {shape.arch} has no RoPE, use d_rope=0")
+        if shape.family.qk_norm:
+            raise ConversionError(
+                f"d_rope={d_rope} is not allowed for {shape.arch}: it normalizes each key head (k_norm) before RoPE, "
+                f"which does not survive mixing or compressing keys; keep every key with d_rope={nkv * hd} and "
+                "compress the values only (choose d_c)")
+        raise ConversionError(f"d_rope={d_rope} is not allowed for {shape.arch}: choose an even value below {hd} "
+                              f"(RoRoPE into fewer dims, e.g. 64), or a multiple of {hd} up to {hd * nkv} "
+                              f"(keys kept exactly)")
     exact = shape.exact_d_c(d_rope)
     if config.method == "exact":
         if d_rope != shape.exact_d_rope() or config.d_c not in (None, exact):
@@ -137,13 +70,16 @@ def resolve_widths(shape: SourceShape, config: MLAConfig) -> tuple[int, int]:
     if not 1 <= d_c <= exact:
         raise ConversionError(f"d_c={d_c} is larger than exact ({exact}) for {shape.arch} with d_rope={d_rope}; "
                               f"choose 1 <= d_c <= {exact}")
-    if ARCHITECTURES[shape.arch].kind == "decoder" and kernel_dims(d_c, d_rope) is None:
+    if shape.family.kind == "decoder" and kernel_dims(d_c, d_rope) is None:
+        nearest = ("compress the values instead, e.g. d_c=128" if shape.family.qk_norm
+                   else f"e.g. method pca with d_c={max(v for v in SUPPORTED_D_V if v <= max(exact, 128))}, d_rope=64")
         raise ConversionError(f"d_c={d_c}, d_rope={d_rope} is not supported by the decode kernel: it needs d_c in "
-                              f"{SUPPORTED_D_V} with d_rope in {SUPPORTED_D_ROPE}, or d_c + d_rope in {SUPPORTED_D_V}")
+                              f"{SUPPORTED_D_V} with d_rope in {SUPPORTED_D_ROPE}, or d_c + d_rope in {SUPPORTED_D_V}; "
+                              f"{nearest}")
     return d_c, d_rope
 
 
-def _attention_weights(state: dict[str, torch.Tensor], arch: _Arch, i: int) -> dict[str, torch.Tensor]:
+def _attention_weights(state: dict[str, torch.Tensor], arch: Family, i: int) -> dict[str, torch.Tensor]:
     """Source q/k/v/o weights and biases of layer i in float64 (zero biases where the source has none)."""
     out = {}
     for name in ("q", "k", "v", "o"):
@@ -209,10 +145,13 @@ def _inputs(weighted: torch.Tensor, m: torch.Tensor, mean: torch.Tensor,
 
 
 def convert_attention(p: dict[str, torch.Tensor], shape: SourceShape, d_c: int, d_rope: int, method: str,
-                      stats: LayerStats | None, rot: torch.Tensor) -> dict[str, torch.Tensor]:
+                      stats: LayerStats | None, rot: torch.Tensor, rope_scaling: float = 1.0) -> dict[str, torch.Tensor]:
     """MLAAttention weights (float32) for one source layer's q/k/v/o weights and biases.
 
     `rot` is the layer's key rotation from `_key_rotations` (its first d_rope rows stay RoPE'd).
+    `rope_scaling` is the source's RoPE attention factor (YaRN's mscale): its cos/sin tables scale queries
+    and keys by it, so every score by its square. The runtime's tables do the same for the RoPE'd part;
+    the no-RoPE part gets the square folded into its queries here.
     """
     hd, nkv, nh = shape.head_dim, shape.n_kv_heads, shape.n_heads
     group = nh // nkv
@@ -233,7 +172,8 @@ def convert_attention(p: dict[str, torch.Tensor], shape: SourceShape, d_c: int, 
     n_nope = rot_nope.shape[0]
     stacked = torch.cat([rot_nope @ p["wk"], p["wv"]])  # [n_nope + n_kv, d]
     if calibrated:
-        w, w_inv = _sqrt_and_inv(_error_weights(p, shape, rot_nope, stats))
+        scaled = {**p, "wq": p["wq"] * rope_scaling ** 2, "bq": p["bq"] * rope_scaling ** 2}  # as q_nope below
+        w, w_inv = _sqrt_and_inv(_error_weights(scaled, shape, rot_nope, stats))
     else:
         w = w_inv = torch.eye(stacked.shape[0], dtype=torch.float64)
     # Weighted, centered reduced-rank fit: minimizes E||W (z - up down x')||^2, z = stacked x; the mean's
@@ -245,7 +185,7 @@ def convert_attention(p: dict[str, torch.Tensor], shape: SourceShape, d_c: int, 
     out["kv_down.weight"] = down
     out["v_up"] = up[n_nope:].reshape(nkv, hd, d_c)
     if n_nope:
-        out["q_nope.weight"], out["q_nope.bias"] = p["wq"], p["bq"]
+        out["q_nope.weight"], out["q_nope.bias"] = p["wq"] * rope_scaling ** 2, p["bq"] * rope_scaling ** 2
         out["k_up"] = torch.stack([rot_nope[:, g * hd:(g + 1) * hd].T @ up[:n_nope] for g in range(nkv)])
     bv = (p["bv"] + v_offset).view(nkv, hd).repeat_interleave(group, dim=0).reshape(-1)
     out["o_proj.weight"] = p["wo"]
@@ -266,12 +206,13 @@ def _key_rotations(sources: list[dict[str, torch.Tensor]], shape: SourceShape, d
     eye = torch.eye(shape.d_model, dtype=torch.float64)
     mixes = [rorope_mixes(p["wk"], eye if stats is None else s.second_moment, nkv, hd)
              for p, s in zip(sources, stats or [None] * len(sources))]
-    slots = rope_slots([e for e, _ in mixes], inv_freq, d_rope // hd, length)
-    return [rorope_rotation(m, slots, d_rope // hd, hd) for _, m in mixes], inv_freq[slots]
+    unit = min(d_rope, hd)
+    slots = rope_slots([e for e, _ in mixes], inv_freq, d_rope // unit, length, unit // 2)
+    return [rorope_rotation(m, slots, d_rope // unit, hd) for _, m in mixes], inv_freq[slots]
 
 
 @torch.no_grad()
-def _load_encoder_attention(model: torch.nn.Module, arch: _Arch, i: int, attn: dict[str, torch.Tensor]) -> None:
+def _load_encoder_attention(model: torch.nn.Module, arch: Family, i: int, attn: dict[str, torch.Tensor]) -> None:
     """Make layer i of a source BERT compute the converted attention (K = k_up C x, V = v_up C x, biases moved)."""
     prefix = arch.layer.format(i=i)
     k, v, o = (model.get_submodule(prefix + name) for name in (arch.k, arch.v, arch.o))
@@ -283,7 +224,7 @@ def _load_encoder_attention(model: torch.nn.Module, arch: _Arch, i: int, attn: d
     o.bias.copy_(attn["o_proj.bias"])
 
 
-def _rename(state: dict[str, torch.Tensor], arch: _Arch, n_layers: int) -> dict[str, torch.Tensor]:
+def _rename(state: dict[str, torch.Tensor], arch: Family, n_layers: int) -> dict[str, torch.Tensor]:
     """Non-attention weights under the runtime's names."""
     attn = tuple(arch.layer.format(i=i) + getattr(arch, n) + "." for i in range(n_layers) for n in "qkvo")
     out = {}
@@ -304,7 +245,7 @@ def _load_source(hf_dir: Path, shape: SourceShape):
     """The source model in float32 (eval mode) and its tokenizer."""
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    cls = AutoModel if ARCHITECTURES[shape.arch].kind == "encoder" else AutoModelForCausalLM
+    cls = AutoModel if shape.family.kind == "encoder" else AutoModelForCausalLM
     model = cls.from_pretrained(hf_dir, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(hf_dir)
 
@@ -315,8 +256,8 @@ def _stats(model, tokenizer, shape: SourceShape, hf_dir: Path, config: MLAConfig
     path = None if stats_cache is None else Path(stats_cache) / f"stats-{cache_key(hf_dir, config.calibration)}.pt"
     if path is not None and path.exists():
         return load_stats(path)
-    arch = ARCHITECTURES[shape.arch]
-    inputs = [model.get_submodule(arch.layer.format(i=i) + arch.q) for i in range(shape.n_layers)]
+    arch = shape.family
+    inputs = [model.get_submodule(arch.layer.format(i=i) + (arch.fused_qkv or arch.q)) for i in range(shape.n_layers)]
     stats = collect_stats(model, tokenizer, inputs, config.calibration)
     if path is not None:
         save_stats(stats, path)
@@ -338,17 +279,18 @@ def convert(hf_dir: str | Path, config: MLAConfig, out_dir: str | Path, stats_ca
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     shape = read_source_shape(hf_dir)
     d_c, d_rope = resolve_widths(shape, config)
-    arch = ARCHITECTURES[shape.arch]
+    arch = shape.family
     if config.method == "pca":  # fail on an unreadable calibration source before loading anything
         calibration_texts(config.calibration)
     model, tokenizer = _load_source(hf_dir, shape)
     stats = _stats(model, tokenizer, shape, hf_dir, config, stats_cache) if config.method == "pca" else None
-    state = {k: v.detach() for k, v in model.state_dict().items()}
+    state = split_fused({k: v.detach() for k, v in model.state_dict().items()}, shape)
     if arch.kind == "decoder" and "lm_head.weight" in state and model.config.tie_word_embeddings:
         del state["lm_head.weight"]
     weights = _rename(state, arch, shape.n_layers)
     sources = [_attention_weights(state, arch, i) for i in range(shape.n_layers)]
     inv_freq = model.model.rotary_emb.inv_freq.detach().double() if shape.has_rope else None
+    rope_scaling = float(model.model.rotary_emb.attention_scaling) if shape.has_rope else 1.0
     rots, inv_freq = _key_rotations(sources, shape, d_rope, stats, inv_freq, config.calibration.max_tokens)
     # Encoders calibrate sequentially: their converted attention is a BERT attention with low-rank K/V weights.
     fed = copy.deepcopy(model) if stats is not None and arch.kind == "encoder" else None
@@ -358,7 +300,7 @@ def convert(hf_dir: str | Path, config: MLAConfig, out_dir: str | Path, stats_ca
             q_name = arch.layer.format(i=i) + arch.q
             layer_stats = collect_fed_stats(model, fed, tokenizer, model.get_submodule(q_name),
                                             fed.get_submodule(q_name), config.calibration, layer_stats)
-        attn = convert_attention(sources[i], shape, d_c, d_rope, config.method, layer_stats, rots[i])
+        attn = convert_attention(sources[i], shape, d_c, d_rope, config.method, layer_stats, rots[i], rope_scaling)
         if fed is not None:
             _load_encoder_attention(fed, arch, i, attn)
         weights.update({f"layers.{i}.attn.{k}": v for k, v in attn.items()})
@@ -366,9 +308,9 @@ def convert(hf_dir: str | Path, config: MLAConfig, out_dir: str | Path, stats_ca
     if arch.kind == "decoder":
         weights["rope_inv_freq"] = inv_freq.float()
         kernel_head_dim_v, kernel_d_rope = kernel_dims(d_c, d_rope)
-        decoder = {"rope_scaling": float(getattr(model.model.rotary_emb, "attention_scaling", 1.0)),
-                   "tie_word_embeddings": bool(model.config.tie_word_embeddings),
-                   "kernel_head_dim_v": kernel_head_dim_v, "kernel_d_rope": kernel_d_rope}
+        decoder = {"rope_scaling": rope_scaling, "tie_word_embeddings": bool(model.config.tie_word_embeddings),
+                   "kernel_head_dim_v": kernel_head_dim_v, "kernel_d_rope": kernel_d_rope,
+                   "qk_norm": arch.qk_norm}
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     # safetensors writes a private temporary file (mode 0600) and renames it; the weights are meant to be

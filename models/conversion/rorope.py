@@ -5,7 +5,9 @@ heads' pairs at that frequency commutes with RoPE. Mixing by the principal axes 
 positional energy in the first mixes, which stay RoPE'd; the rest lose RoPE and join the low-rank
 latent. The RoPE slots need not keep one mix per frequency: a slot may carry any frequency (the
 converted model stores each slot's), so slots of slow frequencies, which barely turn over the context,
-go to further mixes of fast ones (`rope_slots`).
+go to further mixes of fast ones (`rope_slots`). The RoPE'd part is `rope_heads` blocks of `unit` dims
+(unit/2 slots each): whole heads (unit = head_dim), or one block narrower than a head (d_rope = 64 for
+head_dim 128, DeepSeek's 512+64 shape), which keeps only the unit/2 most valuable slots.
 """
 from __future__ import annotations
 
@@ -34,8 +36,10 @@ def rorope_mixes(w_k: torch.Tensor, second_moment: torch.Tensor, n_kv: int,
     return torch.stack(energies), torch.stack(mixes)
 
 
-def rope_slots(energies: list[torch.Tensor], inv_freq: torch.Tensor, rope_heads: int, length: int) -> list[int]:
-    """Frequency index of each of the hd/2 RoPE slots, shared by all layers; a fast frequency may take several.
+def rope_slots(energies: list[torch.Tensor], inv_freq: torch.Tensor, rope_heads: int, length: int,
+               n_slots: int) -> list[int]:
+    """Frequency index of each of the n_slots (unit/2) RoPE slots, shared by all layers; a fast frequency may
+    take several.
 
     Dropping RoPE from a key mix of energy e at frequency theta costs about e * E[1 - cos(theta * delta)]
     in score error, delta uniform over the causal pairs of `length` tokens: slow frequencies barely turn
@@ -50,7 +54,7 @@ def rope_slots(energies: list[torch.Tensor], inv_freq: torch.Tensor, rope_heads:
     per_slot = n_kv // rope_heads  # slots a frequency can take
     gain = total[:, :per_slot * rope_heads].reshape(half, per_slot, rope_heads).sum(-1) * turn[:, None]
     taken = [0] * half
-    for _ in range(half):
+    for _ in range(n_slots):
         best = max((f for f in range(half) if taken[f] < per_slot), key=lambda f: gain[f, taken[f]].item())
         taken[best] += 1
     return [f for f in range(half) for _ in range(taken[f])]
@@ -59,10 +63,12 @@ def rope_slots(energies: list[torch.Tensor], inv_freq: torch.Tensor, rope_heads:
 def rorope_rotation(mixes: torch.Tensor, slots: list[int], rope_heads: int, head_dim: int) -> torch.Tensor:
     """Orthogonal R [n_kv*hd]^2 (float64): rows of R @ k are first the RoPE'd mixes, then the others.
 
-    Row r*hd + a (and + hd/2) is RoPE head r's slot a: the next unused mix at frequency slots[a]. Any
-    orthogonal mix of one frequency's pairs commutes with RoPE, so the RoPE'd rows stay exact.
+    With unit = 2 * len(slots), row r*unit + a (and + unit/2) is RoPE block r's slot a: the next unused mix
+    at frequency slots[a]. Any orthogonal mix of one frequency's pairs commutes with RoPE, so the RoPE'd
+    rows stay exact.
     """
     half, n_kv = mixes.shape[0], mixes.shape[1]
+    unit = 2 * len(slots)
     heads = torch.arange(n_kv) * head_dim
 
     def row(f: int, j: int, part: int) -> torch.Tensor:
@@ -71,10 +77,10 @@ def rorope_rotation(mixes: torch.Tensor, slots: list[int], rope_heads: int, head
         return out
 
     used = [0] * half
-    rope = [[None] * head_dim for _ in range(rope_heads)]
+    rope = [[None] * unit for _ in range(rope_heads)]
     for a, f in enumerate(slots):
         for r in range(rope_heads):
-            rope[r][a], rope[r][a + half] = row(f, used[f] + r, 0), row(f, used[f] + r, 1)
+            rope[r][a], rope[r][a + unit // 2] = row(f, used[f] + r, 0), row(f, used[f] + r, 1)
         used[f] += rope_heads
     rest = [row(f, j, part) for f in range(half) for j in range(used[f], n_kv) for part in (0, 1)]
     return torch.stack([x for head in rope for x in head] + rest)

@@ -67,7 +67,9 @@ def test_a_mistyped_source_stops_and_leaves_the_target_as_it_was(workdir, capsys
 def _models(root: Path, minilm_dir: Path, tiny_decoder_dir: Path) -> dict[str, Path]:
     """Model directories of each kind: only their config files matter before any work."""
     dirs = {"mla_decoder": tiny_decoder_dir, "encoder": minilm_dir}
-    for name, config in {"llama": {"model_type": "llama"}, "gpt2": {"model_type": "gpt2"}}.items():
+    mistral_window = {"model_type": "mistral", "sliding_window": 4096, "max_position_embeddings": 32768}
+    for name, config in {"llama": {"model_type": "llama"}, "gpt2": {"model_type": "gpt2"}, "mpnet": {"model_type": "mpnet"},
+                         "mistral_window": mistral_window}.items():
         dirs[name] = root / "models" / name
         dirs[name].mkdir(parents=True, exist_ok=True)
         (dirs[name] / "config.json").write_text(json.dumps(config))
@@ -96,8 +98,11 @@ CASES = [  # (command and arguments, with {root} and {model kind} filled in; exi
     (["generate", "--set", "generate.model_uri={encoder}"], 1, ["generate.model_uri=", "'bert'", "mlabatch convert"]),
     (["generate", "--set", "generate.model_uri={mla_encoder}"], 1, ["generate.model_uri=", "encoder",
                                                                      "mlabatch convert"]),
-    (["generate", "--set", "generate.model_uri={llama}"], 1, ["generate.model_uri=", "not yet converted",
-                                                             "mlabatch convert --set convert.source="]),
+    (["generate", "--set", "generate.model_uri={llama}"], 1, ["generate.model_uri=", "cannot be served unconverted",
+                                                             "has no weights", "mlabatch convert --set convert.source="]),
+    (["generate", "--set", "generate.model_uri={mistral_window}"], 1, ["generate.model_uri=", "sliding_window=4096",
+                                                                      "Mistral v0.2", "mlabatch convert"]),
+    (["embed", "--set", "model.uri={mpnet}"], 1, ["model.uri=", "'mpnet'", "relative-position bias", "XLM-R"]),
     (["generate", "--set", "generate.model_uri={gpt2}"], 1, ["generate.model_uri=", "'gpt2'", "llama"]),
     (["generate", "--set", "generate.model_uri={mla_decoder}", "--set", "generate.source_table={root}/prompt"],
      1, ["generate.source_table={root}/prompt does not exist"]),

@@ -22,7 +22,7 @@ def _model_dir(tmp_path: Path, config: dict, weights: bool = True) -> Path:
 
 
 def test_unsupported_architecture_names_supported(tmp_path):
-    with pytest.raises(ConversionError, match=r"'gpt2' is not supported.*bert.*llama.*qwen2"):
+    with pytest.raises(ConversionError, match=r"'gpt2' is not supported.*bert.*roberta.*distilbert.*llama.*qwen2"):
         convert(_model_dir(tmp_path, {"model_type": "gpt2"}), MLAConfig(method="exact"), tmp_path / "out")
 
 
@@ -49,8 +49,8 @@ def test_rank_not_allowed_by_kernel(tmp_path):
 
 
 def test_bad_d_rope(tmp_path):
-    with pytest.raises(ConversionError, match=r"choose one of \[64, 128, 192\]"):
-        convert(_model_dir(tmp_path, LLAMA), MLAConfig(d_c=128, d_rope=32, method="svd"), tmp_path / "out")
+    with pytest.raises(ConversionError, match=r"even value below 64.*or a multiple of 64 up to 192"):
+        convert(_model_dir(tmp_path, LLAMA), MLAConfig(d_c=128, d_rope=96, method="svd"), tmp_path / "out")
     with pytest.raises(ConversionError, match="has no RoPE"):
         convert(_model_dir(tmp_path, BERT), MLAConfig(d_c=128, d_rope=64, method="svd"), tmp_path / "out")
 

@@ -145,7 +145,7 @@ def test_reallocated_rope_slots_commute_with_rope():
     n_kv, hd, d = 3, 64, 96
     inv_freq = 1.0 / 100000 ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
     energies, mixes = rorope_mixes(torch.randn(n_kv * hd, d), torch.eye(d), n_kv, hd)
-    slots = rope_slots([energies], inv_freq, 1, 256)
+    slots = rope_slots([energies], inv_freq, 1, 256, hd // 2)
     assert len(slots) == hd // 2 and len(set(slots)) < hd // 2  # some fast frequency took a second slot
     rot = rorope_rotation(mixes, slots, 1, hd)
     assert torch.allclose(rot @ rot.T, torch.eye(n_kv * hd, dtype=torch.float64), atol=1e-12)
