@@ -71,10 +71,18 @@ def run_convert(settings: Settings) -> tuple[ResolvedModel, dict]:
         report = fidelity_report(src, out_dir)
         write_report(report, out_dir / "fidelity.json")
         mlflow.log_dict(report, "fidelity.json")
-        mlflow.log_metrics({k: float(v) for k, v in report.items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        mlflow.log_metrics(_metrics(report))
         model = register_model(out_dir, cfg.name, cfg.alias)
     return model, report
+
+
+def _metrics(report: dict) -> dict[str, float]:
+    """The report's numbers as MLflow metrics: pooled under their names, per domain as `<domain>.<name>`."""
+    def numbers(d: dict) -> dict[str, float]:
+        return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    per_domain = {f"{domain}.{k}": v for domain, d in report["domains"].items() for k, v in numbers(d).items()}
+    return {**numbers(report), **per_domain}
 
 
 def summary(model: ResolvedModel, report: dict, settings: Settings) -> str:
@@ -82,19 +90,21 @@ def summary(model: ResolvedModel, report: dict, settings: Settings) -> str:
     cfg = settings.convert
     uri = f"models:/{cfg.name}@{cfg.alias}"
     if "cosine_mean" in report:  # an encoder
-        quality = f"cosine to the original: mean {report['cosine_mean']:.5f}, min {report['cosine_min']:.5f}"
+        quality = [f"cosine to the original: mean {d['cosine_mean']:.5f}, p1 {d['cosine_p1']:.5f}, "
+                   f"min {d['cosine_min']:.5f}" for d in report["domains"].values()]
         use = f"  embed with it     mlabatch embed --set model.uri={uri}"
     else:
-        quality = (f"perplexity {report['ppl_original']:.2f} -> {report['ppl_converted']:.2f} "
-                   f"(x{report['ppl_converted'] / report['ppl_original']:.3f}), "
-                   f"top-1 agreement {report['top1_agreement']:.3f}")
+        quality = [f"perplexity {d['ppl_original']:.2f} -> {d['ppl_converted']:.2f} (x{d['ppl_ratio']:.3f}), "
+                   f"top-1 agreement {d['top1_agreement']:.3f}" for d in report["domains"].values()]
         use = f"  generate with it  mlabatch generate --set generate.model_uri={uri}"
+    domains = [f"  {name:<18}{line}" for name, line in zip(report["domains"], quality)]
     return "\n".join([
         f"mlabatch convert: {report['model']} -> MLA ({report['method']}, d_c={report['d_c']}, "
         f"d_rope={report['d_rope']})",
         f"  KV per token      {report['kv_values_per_token_before']} -> {report['kv_values_per_token_after']} "
         f"values per layer ({report['kv_bytes_per_token_before']:,} -> {report['kv_bytes_per_token_after']:,} bytes)",
-        f"  quality           {quality}",
+        "  quality on held-out text, per domain:",
+        *domains,
         f"  report            {Path(cfg.output_dir) / 'fidelity.json'} (also in the MLflow run)",
         f"  registered        {model.version} as {uri}",
         use,

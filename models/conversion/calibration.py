@@ -1,14 +1,23 @@
-"""Calibration and held-out text, and per-layer activation statistics for PCA conversion.
+"""Calibration and held-out text per domain, and per-layer activation statistics for PCA conversion.
 
-Text is offline: Python's bundled reference docs (`pydoc_data.topics`), split deterministically so
-evaluation never sees calibration text. Statistics per attention layer: the second moment E[x x^T] of
-the attention input and its mean E[x]; the conversion derives K, V and query statistics from them.
+Text is offline unless the user names a table: English prose (Python's reference docs, `pydoc_data.topics`),
+code (the standard library's own modules), and Chinese, Japanese and Korean prose (the sample texts of
+Python's CJK codec tests, where this Python ships its test package). Each domain is split
+deterministically (every HELD_OUT_EVERY-th distinct text held out), so evaluation never sees calibration
+text. The
+default calibration interleaves the domains; `CalibrationConfig.table` calibrates on a sample of the user's
+Delta table instead (read with deltalake, no Spark), whose held-out part becomes one more evaluation domain.
+Statistics per attention layer: the second moment E[x x^T] of the attention input and its mean E[x]; the
+conversion derives K, V and query statistics from them.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+import sysconfig
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -17,23 +26,100 @@ from torch import nn
 from mlabatch.models.conversion.config import CalibrationConfig, ConversionError
 from mlabatch.models.conversion.linalg import one_thread
 
-HELD_OUT_EVERY = 4  # every 4th topic (sorted by name) is held out for evaluation
-STATS_VERSION = 2  # bump when LayerStats changes, so cached statistics of another layout are not read
+HELD_OUT_EVERY = 4  # every 4th text of a domain is held out for evaluation
+STATS_VERSION = 3  # bump when LayerStats or the default calibration text changes, so cached statistics are not reused
+MIN_CHARS, MAX_CHARS = 200, 4000  # texts kept from offline sources (and pieces of longer ones)
+CODE_TEXTS = 240  # code texts kept, spread over the standard library
+TABLE_DOMAIN = "table"  # the evaluation domain of the user's calibration table
 
 
-def _topics() -> list[str]:
+@cache
+def _english() -> tuple[str, ...]:
     from pydoc_data.topics import topics
 
-    return [topics[name].strip() for name in sorted(topics) if len(topics[name].strip()) > 400]
+    return tuple(dict.fromkeys(topics[name].strip() for name in sorted(topics) if len(topics[name].strip()) > 400))
+
+
+@cache
+def _code() -> tuple[str, ...]:
+    """Top-level functions and classes of the standard library's modules, in file order."""
+    texts = []
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("[a-z]*.py")):
+        source = path.read_text(encoding="utf-8", errors="replace")
+        texts += [block for block in re.split(r"\n(?=def |class )", source) if MIN_CHARS <= len(block) <= MAX_CHARS]
+    texts = list(dict.fromkeys(texts))  # distinct, so no held-out text is also a calibration text
+    return tuple(texts[::max(1, len(texts) // CODE_TEXTS)])  # spread over the whole library
+
+
+@cache
+def _cjk() -> tuple[str, ...]:
+    """Paragraph-sized pieces of the distinct CJK sample texts of Python's codec tests (none if not shipped)."""
+    folder = Path(sysconfig.get_paths()["stdlib"]) / "test" / "cjkencodings"
+    texts = dict.fromkeys(p.read_text(encoding="utf-8").strip() for p in sorted(folder.glob("*-utf8.txt")))
+    pieces = []
+    for text in texts:
+        lines = [line for line in text.splitlines() if line.strip()]
+        pieces += ["\n".join(lines[i:i + 3]) for i in range(0, len(lines), 3)]
+    return tuple(dict.fromkeys(p for p in pieces if len(p) >= 40))  # the files share passages
+
+
+OFFLINE_DOMAINS = {"english-prose": _english, "code": _code, "cjk-prose": _cjk}
+
+
+def table_texts(table: str, column: str, limit: int) -> list[str]:
+    """Up to `limit` distinct non-empty texts of a Delta table's `column`, in file order (deltalake, no Spark)."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        dataset = DeltaTable(table).to_pyarrow_dataset()
+    except TableNotFoundError:
+        raise ConversionError(f"calibration table {table} is not a Delta table; point it at the table the model "
+                              "will embed or generate from (a path), or leave it unset for the offline texts") from None
+    if column not in dataset.schema.names:
+        raise ConversionError(f"calibration table {table} has no column {column!r} (columns: {dataset.schema.names})")
+    texts: dict[str, None] = {}
+    for batch in dataset.to_batches(columns=[column]):
+        for value in batch.column(0).to_pylist():
+            if isinstance(value, str) and value.strip():
+                texts[value.strip()] = None
+        if len(texts) >= limit:
+            break
+    if not texts:
+        raise ConversionError(f"calibration table {table} has no non-empty texts in column {column!r}")
+    return list(texts)[:limit]
+
+
+def _split(texts: list[str] | tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(calibration, held-out) parts of one domain's texts."""
+    return ([t for i, t in enumerate(texts) if i % HELD_OUT_EVERY], list(texts[::HELD_OUT_EVERY]))
+
+
+def _table_sample(config: CalibrationConfig, heldout: int) -> list[str]:
+    limit = 2 * config.num_texts + HELD_OUT_EVERY * heldout  # enough rows for both parts of the split
+    return table_texts(config.table, config.column, limit)
+
+
+def heldout_domains(config: CalibrationConfig, n: int) -> dict[str, list[str]]:
+    """Up to n held-out texts per evaluation domain: each offline domain that has text, and the user's table."""
+    out = {name: _split(texts())[1][:n] for name, texts in OFFLINE_DOMAINS.items()}
+    if config.table is not None:
+        out[TABLE_DOMAIN] = _split(_table_sample(config, n))[1][:n]
+    return {name: texts for name, texts in out.items() if texts}
+
+
+def _interleave(parts: list[list[str]]) -> list[str]:
+    return [part[i] for i in range(max(map(len, parts))) for part in parts if i < len(part)]
 
 
 def heldout_texts(n: int) -> list[str]:
-    """The first n held-out texts (never used for calibration)."""
-    return _topics()[::HELD_OUT_EVERY][:n]
+    """The first n held-out texts of the offline domains, interleaved (never used for calibration)."""
+    return _interleave([_split(texts())[1] for texts in OFFLINE_DOMAINS.values()])[:n]
 
 
 def calibration_texts(config: CalibrationConfig) -> list[str]:
-    """config.num_texts calibration texts: from config.texts_file (one per line) or the non-held-out topics."""
+    """config.num_texts calibration texts: from config.texts_file (one per line), the user's table, or the
+    offline domains interleaved (never a held-out text)."""
     if config.texts_file is not None:
         path = Path(config.texts_file)
         if not path.is_file():
@@ -42,7 +128,9 @@ def calibration_texts(config: CalibrationConfig) -> list[str]:
         if not texts:
             raise ConversionError(f"calibration file {path} has no non-empty lines")
         return texts[: config.num_texts]
-    return [t for i, t in enumerate(_topics()) if i % HELD_OUT_EVERY][: config.num_texts]
+    if config.table is not None:
+        return _split(_table_sample(config, 0))[0][: config.num_texts]
+    return _interleave([_split(texts())[0] for texts in OFFLINE_DOMAINS.values()])[: config.num_texts]
 
 
 @dataclass
@@ -128,7 +216,7 @@ def cache_key(hf_dir: Path, config: CalibrationConfig) -> str:
     """File-name-safe key of a model directory's weights and a calibration setting."""
     weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in hf_dir.glob("*.safetensors"))
     blob = json.dumps([STATS_VERSION, str(hf_dir.resolve()), weights, config.num_texts, config.max_tokens,
-                       None if config.texts_file is None else str(config.texts_file)])
+                       None if config.texts_file is None else str(config.texts_file), config.table, config.column])
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 

@@ -18,7 +18,8 @@ class ConversionError(ValueError):
 
 @dataclass(frozen=True)
 class CalibrationConfig:
-    """Which text calibrates PCA: `texts_file` (one text per line) or, if None, Python's bundled docs.
+    """Which text calibrates PCA: `texts_file` (one text per line), a sample of `table`'s `column` (a Delta table
+    path, e.g. the source the model will embed), or, if both are None, the offline domains (`calibration.py`).
 
     `max_tokens` also sets the context span that a RoPE model's RoPE slots are chosen for (`rorope.rope_slots`).
     """
@@ -26,8 +27,12 @@ class CalibrationConfig:
     num_texts: int = 32
     max_tokens: int = 256
     texts_file: Path | None = None
+    table: str | None = None
+    column: str = "text"
 
     def __post_init__(self) -> None:
+        if self.texts_file is not None and self.table is not None:
+            raise ConversionError("calibrate on a texts file or a table, not both")
         if self.num_texts < 1 or self.max_tokens < 8:
             raise ConversionError(f"calibration needs num_texts >= 1 and max_tokens >= 8, got {self}")
 

@@ -33,9 +33,12 @@ def test_exact_conversion_is_registered_reported_and_embeds_like_the_original(se
     assert (model.local_dir / "mla_config.json").exists()
     assert report["kv_values_per_token_before"] == 768 and report["kv_values_per_token_after"] == 384
     assert report["cosine_min"] >= 0.99999
+    assert set(report["domains"]) == {"english-prose", "code", "cjk-prose"}  # never only the calibration domain
+    assert all(d["cosine_min"] >= 0.99999 and d["n_texts"] >= 4 for d in report["domains"].values())
 
     run = mlflow.search_runs(experiment_names=["mlabatch"], output_format="list")[0]
     assert run.data.metrics["cosine_mean"] == pytest.approx(report["cosine_mean"])
+    assert run.data.metrics["cjk-prose.cosine_p1"] == pytest.approx(report["domains"]["cjk-prose"]["cosine_p1"])
     logged = json.loads(open(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
                                                                   artifact_path="fidelity.json")).read())
     assert logged == report
@@ -47,6 +50,7 @@ def test_exact_conversion_is_registered_reported_and_embeds_like_the_original(se
 
     text = summary(model, report, cfg)
     assert "768 -> 384" in text and "mlabatch embed --set model.uri=models:/minilm-mla@exact" in text
+    assert "  code  " in text and "p1 " in text
     weights = Path(cfg.convert.output_dir) / "model.safetensors"
     assert stat.S_IMODE(weights.stat().st_mode) == 0o644  # readable like the other files, not 0600
 
@@ -67,12 +71,15 @@ def test_a_second_conversion_into_the_same_directory_stops_unless_told_to_overwr
 def test_a_converted_decoder_is_pointed_at_generate(settings):
     report = {"model": "smollm2", "method": "exact", "d_c": 512, "d_rope": 64, "kv_values_per_token_before": 640,
               "kv_values_per_token_after": 576, "kv_bytes_per_token_before": 1280, "kv_bytes_per_token_after": 1152,
-              "ppl_original": 10.0, "ppl_converted": 10.0, "top1_agreement": 1.0}
+              "ppl_original": 10.0, "ppl_converted": 10.0, "top1_agreement": 1.0,
+              "domains": {"code": {"ppl_original": 10.0, "ppl_converted": 11.0, "ppl_ratio": 1.1,
+                                   "top1_agreement": 0.9}}}
     cfg = settings("convert.name=smollm2-mla")
     model = ResolvedModel(uri="models:/smollm2-mla@champion", local_dir=Path("."), version="smollm2-mla/1")
     text = summary(model, report, cfg)
     assert "mlabatch generate --set generate.model_uri=models:/smollm2-mla@champion" in text
     assert "mlabatch embed" not in text
+    assert "code" in text and "10.00 -> 11.00 (x1.100)" in text
 
 
 def test_impossible_request_fails_before_any_work(settings, tmp_path):

