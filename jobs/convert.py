@@ -8,7 +8,8 @@ from pathlib import Path
 import mlflow
 
 from mlabatch.models.conversion.config import CalibrationConfig, MLAConfig
-from mlabatch.models.conversion.convert import convert
+from mlabatch.models.conversion.convert import convert, resolve_widths
+from mlabatch.models.conversion.families import read_source_shape
 from mlabatch.models.conversion.fidelity import fidelity_report, write_report
 from mlabatch.models.registry.bundled import bundled_minilm_dir
 from mlabatch.models.registry.register import register_model
@@ -57,9 +58,10 @@ def run_convert(settings: Settings) -> tuple[ResolvedModel, dict]:
     cfg = settings.convert
     request = mla_config(cfg)
     check_output_dir(cfg)
-    connect_mlflow(settings.mlflow)
     out_dir = Path(cfg.output_dir)
     src = source_dir(cfg.source, out_dir.parent)
+    resolve_widths(read_source_shape(src), request)  # a family or width it cannot convert stops before MLflow
+    connect_mlflow(settings.mlflow)
     with mlflow.start_run(run_name=f"convert {src.name} -> MLA"):
         mlflow.log_params({"source": str(src), "method": cfg.method, "d_c": cfg.d_c, "d_rope": cfg.d_rope,
                            "calibration_texts": cfg.calibration_texts})

@@ -86,3 +86,12 @@ def test_impossible_request_fails_before_any_work(settings, tmp_path):
     with pytest.raises(ConversionError, match="exact"):
         run_convert(settings("convert.d_c=999"))
     assert not (tmp_path / "minilm-mla").exists()
+
+
+def test_a_refused_family_stops_before_mlflow(settings, tmp_path):
+    src = tmp_path / "mpnet"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"model_type": "mpnet"}))
+    with pytest.raises(ConversionError, match="relative-position bias"):
+        run_convert(settings(f"convert.source={src}"))
+    assert not (tmp_path / "mlflow.db").exists()
