@@ -40,8 +40,10 @@ class LatentWeights(NamedTuple):
 class MLAShape:
     """Sizes of one converted attention layer; `has_nope` is False when every key stays RoPE'd exactly.
 
-    `qk_norm_eps` is set for sources that RMS-normalize each query and key head before RoPE (Qwen3); they
-    convert with every key kept (has_nope False), so the norm runs on the RoPE'd part, per head.
+    `qk_norm_eps` is set for sources that RMS-normalize each query and key head before RoPE (Qwen3). With
+    every key kept (has_nope False) the norm runs on the RoPE'd part, per head. With compressed keys it runs
+    first: `pre` projects x to the source's keys, values and queries `[k | v | q]`, the norms turn them into
+    `u = [k^ | v | q^]`, and the latent, the RoPE'd key and the queries are linear maps of u (`in_features`).
     """
 
     d_model: int
@@ -52,6 +54,18 @@ class MLAShape:
     d_rope: int
     has_nope: bool
     qk_norm_eps: float | None = None
+
+    @property
+    def normed_inputs(self) -> bool:
+        """Whether the projections read the normalized source keys, values and queries instead of x."""
+        return self.qk_norm_eps is not None and self.has_nope
+
+    @property
+    def in_features(self) -> int:
+        """Width of what the projections read: x, or `[k^ | v | q^]` (`normed_inputs`)."""
+        if self.normed_inputs:
+            return (2 * self.n_kv_heads + self.n_heads) * self.head_dim
+        return self.d_model
 
     @property
     def rope_unit(self) -> int:
@@ -67,18 +81,19 @@ class MLAAttention(nn.Module):
         s = shape
         self.shape = s
         self.scale = s.head_dim ** -0.5  # the source model's scores are reproduced, so its scale is kept
-        self.kv_down = nn.Linear(s.d_model, s.d_c, bias=False)
+        d_in = s.in_features
+        self.kv_down = nn.Linear(d_in, s.d_c, bias=False)
         self.v_up = nn.Parameter(torch.zeros(s.n_kv_heads, s.head_dim, s.d_c))
         self.o_proj = nn.Linear(s.n_heads * s.head_dim, s.d_model)
         if s.has_nope:
-            self.q_nope = nn.Linear(s.d_model, s.n_heads * s.head_dim)
+            self.q_nope = nn.Linear(d_in, s.n_heads * s.head_dim)
             self.k_up = nn.Parameter(torch.zeros(s.n_kv_heads, s.head_dim, s.d_c))
         if s.d_rope:
-            self.q_rope = nn.Linear(s.d_model, s.n_heads * s.d_rope)
-            self.k_rope = nn.Linear(s.d_model, s.d_rope)
+            self.q_rope = nn.Linear(d_in, s.n_heads * s.d_rope)
+            self.k_rope = nn.Linear(d_in, s.d_rope)
+        if s.normed_inputs:
+            self.pre = nn.Linear(s.d_model, d_in)
         if s.qk_norm_eps is not None:
-            if s.has_nope:
-                raise ValueError("per-head q/k norm needs every key kept RoPE'd (has_nope False)")
             self.q_norm = nn.RMSNorm(s.head_dim, eps=s.qk_norm_eps)
             self.k_norm = nn.RMSNorm(s.head_dim, eps=s.qk_norm_eps)
         self._fused: tuple[torch.Tensor, torch.Tensor] | None = None  # set by fuse()
@@ -116,19 +131,24 @@ class MLAAttention(nn.Module):
         if self._fused is None:
             raise RuntimeError("MLAAttention.fuse() must run before the layer is used (the loaders call it)")
         s = self.shape
+        if s.normed_inputs:
+            u = self.pre(x).unflatten(-1, (-1, s.head_dim))  # [..., kv heads | kv heads | heads, head_dim]
+            self._qk_norm(u[..., : s.n_kv_heads, :], u[..., 2 * s.n_kv_heads:, :])
+            x = u.flatten(-2)
         y = F.linear(x, *self._fused)
         width, dq = s.d_c + s.d_rope, s.head_dim * s.has_nope + s.d_rope
         if s.d_rope:  # starting dq before the queries, k_rope takes the place of a head's RoPE part
             r = y[..., width - dq:].unflatten(-1, (s.n_heads + 1, dq))[..., dq - s.d_rope:]
-            if s.qk_norm_eps is not None:
-                self._qk_norm(r.unflatten(-1, (-1, s.head_dim)))
+            if s.qk_norm_eps is not None and not s.normed_inputs:
+                heads = r.unflatten(-1, (-1, s.head_dim))
+                self._qk_norm(heads[..., :1, :, :], heads[..., 1:, :, :])
             rope_(r.unflatten(-1, (-1, s.rope_unit)), *rope)
         return Projections(y[..., :width], y[..., width:].unflatten(-1, (s.n_heads, dq)))
 
-    def _qk_norm(self, heads: torch.Tensor) -> None:
-        """RMS-normalize key heads (group 0) and query heads (groups 1..) of [..., h + 1, chunks, head_dim] in
-        place, in float32 as the source does; a query's zero chunks (other KV groups) stay zero."""
-        for part, norm in ((heads[..., :1, :, :], self.k_norm), (heads[..., 1:, :, :], self.q_norm)):
+    def _qk_norm(self, keys: torch.Tensor, queries: torch.Tensor) -> None:
+        """RMS-normalize key heads and query heads [..., head_dim] in place, in float32 as the source does; a
+        query's zero chunks (other KV groups, when every key is kept) stay zero."""
+        for part, norm in ((keys, self.k_norm), (queries, self.q_norm)):
             x = part.float()
             x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps)
             part.copy_(norm.weight * x.to(part.dtype))

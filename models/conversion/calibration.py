@@ -27,7 +27,7 @@ from mlabatch.models.conversion.config import CalibrationConfig, ConversionError
 from mlabatch.models.conversion.linalg import one_thread
 
 HELD_OUT_EVERY = 4  # every 4th text of a domain is held out for evaluation
-STATS_VERSION = 3  # bump when LayerStats or the default calibration text changes, so cached statistics are not reused
+STATS_VERSION = 4  # bump when LayerStats or the default calibration text changes, so cached statistics are not reused
 MIN_CHARS, MAX_CHARS = 200, 4000  # texts kept from offline sources (and pieces of longer ones)
 CODE_TEXTS = 240  # code texts kept, spread over the standard library
 TABLE_DOMAIN = "table"  # the evaluation domain of the user's calibration table
@@ -135,12 +135,17 @@ def calibration_texts(config: CalibrationConfig) -> list[str]:
 
 @dataclass
 class LayerStats:
-    """Statistics of one attention layer's input x, and with `fed` of its input x' after converted earlier layers."""
+    """Statistics of one attention layer's input x, and with `fed` of its input x' after converted earlier layers.
+
+    For sources with per-head q/k norm whose keys are compressed, x is instead u = [k^ ; v] (normalized keys
+    and values) and `queries` holds each head's E[q^ q^^T] (`collect_normed_stats`).
+    """
 
     second_moment: torch.Tensor  # E[x x^T], float64 [d_model, d_model]
     mean: torch.Tensor  # E[x], float64 [d_model]
     fed: LayerStats | None = None  # statistics of x'
     cross: torch.Tensor | None = None  # E[x x'^T]
+    queries: torch.Tensor | None = None  # [n_heads, head_dim, head_dim]
 
 
 class _Accumulator:
@@ -223,9 +228,54 @@ def cache_key(hf_dir: Path, config: CalibrationConfig) -> str:
 def save_stats(stats: list[LayerStats], path: Path) -> None:
     """Store statistics (torch.save of plain tensors)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save([(s.second_moment, s.mean) for s in stats], path)
+    torch.save([(s.second_moment, s.mean, s.queries) for s in stats], path)
 
 
 def load_stats(path: Path) -> list[LayerStats]:
     """Read statistics written by save_stats."""
-    return [LayerStats(*row) for row in torch.load(path, weights_only=True)]
+    return [LayerStats(m, mean, queries=q) for m, mean, q in torch.load(path, weights_only=True)]
+
+
+class _NormedAccumulator:
+    """E[u u^T] and E[u] of u = [k^ ; v], and per head E[q^ q^^T], from one layer's k_norm, v_proj and q_norm
+    outputs (Qwen3 runs them in the order q_norm, k_norm, v_proj)."""
+
+    def __init__(self, n_kv: int, n_heads: int, head_dim: int) -> None:
+        self.width, self.head_dim = n_kv * head_dim, head_dim
+        self.u = _Accumulator(2 * self.width)
+        self.qq = torch.zeros(n_heads, head_dim, head_dim, dtype=torch.float64)
+        self.parts: dict[str, torch.Tensor] = {}
+
+    def hook(self, name: str):
+        """A forward hook keeping the module's output as part `name` (k, v or q); v completes a token set."""
+        def keep(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            self.parts[name] = output.detach().double()
+            if name == "v":
+                k, v = self.parts["k"].reshape(-1, self.width), self.parts["v"].reshape(-1, self.width)
+                self.u(module, (torch.cat([k, v], -1),))
+                q = self.parts["q"].reshape(k.shape[0], -1, self.head_dim)  # [tokens, heads, head_dim]
+                self.qq += torch.einsum("thi,thj->hij", q, q)
+        return keep
+
+    def result(self) -> LayerStats:
+        stats = self.u.result()
+        return LayerStats(stats.second_moment, stats.mean, queries=self.qq / self.u.n)
+
+
+@torch.no_grad()
+def collect_normed_stats(model: nn.Module, tokenizer, layers: list[tuple[nn.Module, nn.Module, nn.Module]],
+                         n_kv: int, n_heads: int, head_dim: int, config: CalibrationConfig) -> list[LayerStats]:
+    """Statistics of normalized keys, values and queries per layer; `layers` holds each layer's
+    (k_norm, v_proj, q_norm) modules."""
+    accs = [_NormedAccumulator(n_kv, n_heads, head_dim) for _ in layers]
+    handles = [module.register_forward_hook(acc.hook(name))
+               for acc, modules in zip(accs, layers) for name, module in zip("kvq", modules)]
+    try:
+        with one_thread():
+            for text in calibration_texts(config):
+                ids = tokenizer(text, truncation=True, max_length=config.max_tokens, return_tensors="pt")
+                model(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"])
+    finally:
+        for h in handles:
+            h.remove()
+    return [acc.result() for acc in accs]

@@ -21,11 +21,12 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from mlabatch.kernels import SUPPORTED_D_ROPE, SUPPORTED_D_V, kernel_dims
 from mlabatch.models.conversion.calibration import (LayerStats, cache_key, calibration_texts, collect_fed_stats,
-                                                    collect_stats, load_stats, save_stats)
+                                                    collect_normed_stats, collect_stats, load_stats, save_stats)
 from mlabatch.models.conversion.config import ConversionError, MLAConfig
 from mlabatch.models.conversion.families import Family, SourceShape, read_source_shape, split_fused
 from mlabatch.models.conversion.linalg import eigh_descending
@@ -35,12 +36,10 @@ from mlabatch.models.mla_config import MLAModelConfig
 
 def allowed_d_rope(shape: SourceShape) -> list[int]:
     """d_rope values a source can convert to: below a head (RoRoPE into fewer dims, even), whole heads up to
-    every key kept; q/k-normalized sources (Qwen3) keep every key (the norm does not commute with mixing heads)."""
+    every key kept."""
     hd, nkv = shape.head_dim, shape.n_kv_heads
     if not shape.has_rope:
         return [0]
-    if shape.family.qk_norm:
-        return [nkv * hd]
     return list(range(2, hd, 2)) + [hd * n for n in range(1, nkv + 1)]
 
 
@@ -52,11 +51,6 @@ def resolve_widths(shape: SourceShape, config: MLAConfig) -> tuple[int, int]:
     if d_rope not in allowed:
         if not shape.has_rope:
             raise ConversionError(f"d_rope={d_rope}: {shape.arch} has no RoPE, use d_rope=0")
-        if shape.family.qk_norm:
-            raise ConversionError(
-                f"d_rope={d_rope} is not allowed for {shape.arch}: it normalizes each key head (k_norm) before RoPE, "
-                f"which does not survive mixing or compressing keys; keep every key with d_rope={nkv * hd} and "
-                "compress the values only (choose d_c)")
         raise ConversionError(f"d_rope={d_rope} is not allowed for {shape.arch}: choose an even value below {hd} "
                               f"(RoRoPE into fewer dims, e.g. 64), or a multiple of {hd} up to {hd * nkv} "
                               f"(keys kept exactly)")
@@ -71,8 +65,7 @@ def resolve_widths(shape: SourceShape, config: MLAConfig) -> tuple[int, int]:
         raise ConversionError(f"d_c={d_c} is larger than exact ({exact}) for {shape.arch} with d_rope={d_rope}; "
                               f"choose 1 <= d_c <= {exact}")
     if shape.family.kind == "decoder" and kernel_dims(d_c, d_rope) is None:
-        nearest = ("compress the values instead, e.g. d_c=128" if shape.family.qk_norm
-                   else f"e.g. method pca with d_c={max(v for v in SUPPORTED_D_V if v <= max(exact, 128))}, d_rope=64")
+        nearest = f"e.g. method pca with d_c={max(v for v in SUPPORTED_D_V if v <= max(exact, 128))}, d_rope=64"
         raise ConversionError(f"d_c={d_c}, d_rope={d_rope} is not supported by the decode kernel: it needs d_c in "
                               f"{SUPPORTED_D_V} with d_rope in {SUPPORTED_D_ROPE}, or d_c + d_rope in {SUPPORTED_D_V}; "
                               f"{nearest}")
@@ -98,32 +91,61 @@ def _sqrt_and_inv(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (vecs * vals.sqrt()) @ vecs.T, (vecs / vals.sqrt()) @ vecs.T
 
 
-def _error_weights(p: dict[str, torch.Tensor], shape: SourceShape, rot_nope: torch.Tensor,
-                   stats: LayerStats) -> torch.Tensor:
+def _error_weights(wo: torch.Tensor, query_second: torch.Tensor, value_cov: torch.Tensor, shape: SourceShape,
+                   rot_nope: torch.Tensor) -> torch.Tensor:
     """Metric G on [K_nope ; V] errors so that e^T G e approximates the attention output error (CARE-style).
 
     Values: head h reads V of its KV group g through W_O^h, so G_v[g] = sum_h W_O^h^T W_O^h. Keys: an error e
     moves head h's score by q_h . e / sqrt(hd); to first order the output moves by that times the spread
     of W_O^h V, so G_k = sum_h R_g E[q_h q_h^T] R_g^T * E||W_O^h (V - E V)||^2 / hd (R_g: the no-RoPE rows
     of the key rotation for group g). This weights keys against values without a free balance factor.
+    `query_second` [h, hd, hd] is E[q_h q_h^T], `value_cov` [n_kv, hd, hd] Cov[V_g].
     """
     hd, nkv, nh, d = shape.head_dim, shape.n_kv_heads, shape.n_heads, shape.d_model
     group = nh // nkv
-    m, mean = stats.second_moment, stats.mean
-    cov = m - torch.outer(mean, mean)
-    wq, bq = p["wq"].view(nh, hd, d), p["bq"].view(nh, hd)
-    wo, wv = p["wo"].view(d, nh, hd), p["wv"].view(nkv, hd, d)
+    wo = wo.view(d, nh, hd)
     g_k = torch.zeros(rot_nope.shape[0], rot_nope.shape[0], dtype=torch.float64)
     g_v = torch.zeros(nkv * hd, nkv * hd, dtype=torch.float64)
     for h in range(nh):
         g = h // group
-        q_mean = wq[h] @ mean
-        qq = wq[h] @ m @ wq[h].T + torch.outer(q_mean, bq[h]) + torch.outer(bq[h], q_mean) + torch.outer(bq[h], bq[h])
-        spread = torch.trace(wo[:, h] @ wv[g] @ cov @ wv[g].T @ wo[:, h].T)
+        spread = torch.trace(wo[:, h] @ value_cov[g] @ wo[:, h].T)
         r = rot_nope[:, g * hd:(g + 1) * hd]
-        g_k += r @ qq @ r.T * (spread / hd)
+        g_k += r @ query_second[h] @ r.T * (spread / hd)
         g_v[g * hd:(g + 1) * hd, g * hd:(g + 1) * hd] += wo[:, h].T @ wo[:, h]
     return torch.block_diag(g_k, g_v)
+
+
+def _moments(kv: dict[str, torch.Tensor], p: dict[str, torch.Tensor], shape: SourceShape,
+             stats: LayerStats) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E[q_h q_h^T] [h, hd, hd], Cov[V_g] [n_kv, hd, hd]) from a layer's statistics: of x for linear queries
+    and values, or read directly for normalized ones (`stats.queries`, u = [k^ ; v])."""
+    hd, nkv, nh = shape.head_dim, shape.n_kv_heads, shape.n_heads
+    m, mean = stats.second_moment, stats.mean
+    cov = m - torch.outer(mean, mean)
+    wv = kv["wv"].view(nkv, hd, -1)
+    value_cov = torch.stack([wv[g] @ cov @ wv[g].T for g in range(nkv)])
+    if stats.queries is not None:
+        return stats.queries, value_cov
+    wq, bq = p["wq"].view(nh, hd, -1), p["bq"].view(nh, hd)
+    query_second = []
+    for h in range(nh):
+        q_mean = wq[h] @ mean
+        query_second.append(wq[h] @ m @ wq[h].T + torch.outer(q_mean, bq[h]) + torch.outer(bq[h], q_mean)
+                            + torch.outer(bq[h], bq[h]))
+    return torch.stack(query_second), value_cov
+
+
+def normalized_inputs(shape: SourceShape, d_rope: int) -> bool:
+    """Whether a layer's latent reads normalized keys and values (per-head q/k norm, keys compressed)."""
+    return shape.family.qk_norm and d_rope < shape.n_kv_heads * shape.head_dim
+
+
+def _normalized_kv(shape: SourceShape) -> dict[str, torch.Tensor]:
+    """Keys and values as maps of u = [k^ ; v]: selections, no biases (the source's run before the norm)."""
+    width = shape.n_kv_heads * shape.head_dim
+    eye, zero = torch.eye(width, dtype=torch.float64), torch.zeros(width, width, dtype=torch.float64)
+    return {"wk": torch.cat([eye, zero], 1), "wv": torch.cat([zero, eye], 1),
+            "bk": torch.zeros(width, dtype=torch.float64), "bv": torch.zeros(width, dtype=torch.float64)}
 
 
 def _inputs(weighted: torch.Tensor, m: torch.Tensor, mean: torch.Tensor,
@@ -151,29 +173,35 @@ def convert_attention(p: dict[str, torch.Tensor], shape: SourceShape, d_c: int, 
     `rot` is the layer's key rotation from `_key_rotations` (its first d_rope rows stay RoPE'd).
     `rope_scaling` is the source's RoPE attention factor (YaRN's mscale): its cos/sin tables scale queries
     and keys by it, so every score by its square. The runtime's tables do the same for the RoPE'd part;
-    the no-RoPE part gets the square folded into its queries here.
+    the no-RoPE part gets the square folded into its queries here. For per-head q/k-normalized sources
+    with compressed keys (`normalized_inputs`), the latent and the RoPE'd key are maps of u = [k^ ; v] and
+    the queries of q^, all read from `pre`'s normalized output `[k^ | v | q^]`.
     """
     hd, nkv, nh = shape.head_dim, shape.n_kv_heads, shape.n_heads
     group = nh // nkv
-    d = shape.d_model
+    normed = normalized_inputs(shape, d_rope)
+    kv = _normalized_kv(shape) if normed else p  # keys and values as maps of the latent's input
+    d = kv["wk"].shape[1]
     calibrated = method == "pca"
     m = stats.second_moment if calibrated else torch.eye(d, dtype=torch.float64)
     mean = stats.mean if calibrated else torch.zeros(d, dtype=torch.float64)
     rot_rope, rot_nope = rot[:d_rope], rot[d_rope:]
-    wq = p["wq"].view(nh, hd, d)
-    bq = p["bq"].view(nh, hd)
+    # queries as maps of what they read: x (wq, bq), or each head's q^ (the identity, no bias)
+    wq = torch.eye(hd, dtype=torch.float64).expand(nh, hd, hd) if normed else p["wq"].view(nh, hd, -1)
+    bq = torch.zeros(nh, hd, dtype=torch.float64) if normed else p["bq"].view(nh, hd)
     out: dict[str, torch.Tensor] = {}
     if d_rope:
         blocks = [rot_rope[:, (h // group) * hd:(h // group + 1) * hd] for h in range(nh)]  # [d_rope, hd] each
-        out["q_rope.weight"] = torch.cat([b @ wq[h] for h, b in enumerate(blocks)])
+        q_rope = [b @ wq[h] for h, b in enumerate(blocks)]
+        out["q_rope.weight"] = torch.block_diag(*q_rope) if normed else torch.cat(q_rope)
         out["q_rope.bias"] = torch.cat([b @ bq[h] for h, b in enumerate(blocks)])
-        out["k_rope.weight"] = rot_rope @ p["wk"]
-        out["k_rope.bias"] = rot_rope @ p["bk"]
+        out["k_rope.weight"] = rot_rope @ kv["wk"]
+        out["k_rope.bias"] = rot_rope @ kv["bk"]
     n_nope = rot_nope.shape[0]
-    stacked = torch.cat([rot_nope @ p["wk"], p["wv"]])  # [n_nope + n_kv, d]
+    stacked = torch.cat([rot_nope @ kv["wk"], kv["wv"]])  # [n_nope + n_kv, d]
     if calibrated:
-        scaled = {**p, "wq": p["wq"] * rope_scaling ** 2, "bq": p["bq"] * rope_scaling ** 2}  # as q_nope below
-        w, w_inv = _sqrt_and_inv(_error_weights(scaled, shape, rot_nope, stats))
+        query_second, value_cov = _moments(kv, p, shape, stats)  # the no-RoPE queries carry rope_scaling^2:
+        w, w_inv = _sqrt_and_inv(_error_weights(p["wo"], query_second * rope_scaling ** 4, value_cov, shape, rot_nope))
     else:
         w = w_inv = torch.eye(stacked.shape[0], dtype=torch.float64)
     # Weighted, centered reduced-rank fit: minimizes E||W (z - up down x')||^2, z = stacked x; the mean's
@@ -185,11 +213,20 @@ def convert_attention(p: dict[str, torch.Tensor], shape: SourceShape, d_c: int, 
     out["kv_down.weight"] = down
     out["v_up"] = up[n_nope:].reshape(nkv, hd, d_c)
     if n_nope:
-        out["q_nope.weight"], out["q_nope.bias"] = p["wq"] * rope_scaling ** 2, p["bq"] * rope_scaling ** 2
+        out["q_nope.weight"] = (torch.block_diag(*wq) if normed else p["wq"]) * rope_scaling ** 2
+        out["q_nope.bias"] = bq.reshape(-1) * rope_scaling ** 2
         out["k_up"] = torch.stack([rot_nope[:, g * hd:(g + 1) * hd].T @ up[:n_nope] for g in range(nkv)])
-    bv = (p["bv"] + v_offset).view(nkv, hd).repeat_interleave(group, dim=0).reshape(-1)
+    bv = (kv["bv"] + v_offset).view(nkv, hd).repeat_interleave(group, dim=0).reshape(-1)
     out["o_proj.weight"] = p["wo"]
     out["o_proj.bias"] = p["bo"] + p["wo"] @ bv
+    if normed:  # the runtime's projections read pre's output [k^ | v | q^]
+        queries = nh * hd
+        for name in ("kv_down.weight", "k_rope.weight"):
+            out[name] = F.pad(out[name], (0, queries))
+        for name in ("q_rope.weight", "q_nope.weight"):
+            out[name] = F.pad(out[name], (d, 0))
+        out["pre.weight"] = torch.cat([p["wk"], p["wv"], p["wq"]])
+        out["pre.bias"] = torch.cat([p["bk"], p["bv"], p["bq"]])
     return {k: v.float().contiguous() for k, v in out.items()}
 
 
@@ -203,9 +240,11 @@ def _key_rotations(sources: list[dict[str, torch.Tensor]], shape: SourceShape, d
     hd, nkv = shape.head_dim, shape.n_kv_heads
     if not shape.has_rope or d_rope == nkv * hd:
         return [torch.eye(nkv * hd, dtype=torch.float64)] * len(sources), inv_freq
-    eye = torch.eye(shape.d_model, dtype=torch.float64)
-    mixes = [rorope_mixes(p["wk"], eye if stats is None else s.second_moment, nkv, hd)
-             for p, s in zip(sources, stats or [None] * len(sources))]
+    normed = normalized_inputs(shape, d_rope)
+    keys = [_normalized_kv(shape)["wk"] if normed else p["wk"] for p in sources]  # maps of the latent's input
+    eye = torch.eye(keys[0].shape[1], dtype=torch.float64)
+    mixes = [rorope_mixes(w_k, eye if stats is None else s.second_moment, nkv, hd)
+             for w_k, s in zip(keys, stats or [None] * len(sources))]
     unit = min(d_rope, hd)
     slots = rope_slots([e for e, _ in mixes], inv_freq, d_rope // unit, length, unit // 2)
     return [rorope_rotation(m, slots, d_rope // unit, hd) for _, m in mixes], inv_freq[slots]
@@ -250,15 +289,24 @@ def _load_source(hf_dir: Path, shape: SourceShape):
     return model, AutoTokenizer.from_pretrained(hf_dir)
 
 
-def _stats(model, tokenizer, shape: SourceShape, hf_dir: Path, config: MLAConfig,
+def _stats(model, tokenizer, shape: SourceShape, hf_dir: Path, config: MLAConfig, d_rope: int,
            stats_cache: Path | None) -> list[LayerStats]:
-    """Calibration statistics, read from / written to `stats_cache` when given."""
-    path = None if stats_cache is None else Path(stats_cache) / f"stats-{cache_key(hf_dir, config.calibration)}.pt"
+    """Calibration statistics (of the attention input, or of normalized keys, values and queries), read
+    from / written to `stats_cache` when given."""
+    normed = normalized_inputs(shape, d_rope)
+    key = cache_key(hf_dir, config.calibration) + ("-normed" if normed else "")
+    path = None if stats_cache is None else Path(stats_cache) / f"stats-{key}.pt"
     if path is not None and path.exists():
         return load_stats(path)
     arch = shape.family
-    inputs = [model.get_submodule(arch.layer.format(i=i) + (arch.fused_qkv or arch.q)) for i in range(shape.n_layers)]
-    stats = collect_stats(model, tokenizer, inputs, config.calibration)
+    if normed:
+        attn = [model.get_submodule(arch.layer.format(i=i) + "self_attn") for i in range(shape.n_layers)]
+        stats = collect_normed_stats(model, tokenizer, [(a.k_norm, a.v_proj, a.q_norm) for a in attn],
+                                     shape.n_kv_heads, shape.n_heads, shape.head_dim, config.calibration)
+    else:
+        inputs = [model.get_submodule(arch.layer.format(i=i) + (arch.fused_qkv or arch.q))
+                  for i in range(shape.n_layers)]
+        stats = collect_stats(model, tokenizer, inputs, config.calibration)
     if path is not None:
         save_stats(stats, path)
     return stats
@@ -283,7 +331,7 @@ def convert(hf_dir: str | Path, config: MLAConfig, out_dir: str | Path, stats_ca
     if config.method == "pca":  # fail on an unreadable calibration source before loading anything
         calibration_texts(config.calibration)
     model, tokenizer = _load_source(hf_dir, shape)
-    stats = _stats(model, tokenizer, shape, hf_dir, config, stats_cache) if config.method == "pca" else None
+    stats = _stats(model, tokenizer, shape, hf_dir, config, d_rope, stats_cache) if config.method == "pca" else None
     state = split_fused({k: v.detach() for k, v in model.state_dict().items()}, shape)
     if arch.kind == "decoder" and "lm_head.weight" in state and model.config.tie_word_embeddings:
         del state["lm_head.weight"]

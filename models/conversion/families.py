@@ -114,9 +114,13 @@ class SourceShape:
         return self.n_kv_heads * self.head_dim if self.has_rope else 0
 
     def exact_d_c(self, d_rope: int) -> int:
-        """Rank of [K_nope ; V] for a given d_rope: the largest d_c that is not redundant."""
-        n_nope = self.n_kv_heads * self.head_dim - d_rope if self.has_rope else self.n_kv_heads * self.head_dim
-        return min(self.d_model, n_nope + self.n_kv_heads * self.head_dim)
+        """Rank of [K_nope ; V] for a given d_rope: the largest d_c that is not redundant (normalized keys are
+        not linear in the input, so with q/k norm and compressed keys the input width does not bound it)."""
+        width = self.n_kv_heads * self.head_dim
+        n_nope = width - d_rope if self.has_rope else width
+        if self.family.qk_norm and d_rope < width:
+            return n_nope + width
+        return min(self.d_model, n_nope + width)
 
 
 def model_type(hf_dir: Path) -> str | None:
