@@ -7,12 +7,12 @@ batches -> pandas on the reading side, pandas -> Arrow on the writing side, one 
 with one task per GPU) and compares them with the engine called once on everything:
 
 (a) embed: 20,000 documents of the benchmarks/embed.py kind, windows of 256 tokens (overlap 32):
-    `Embedder.embed_documents` vs `udfs.embed.embed_documents_worker`.
+    `Embedder.embed_documents` vs `udfs.embed.embed_documents_worker`, three runs each, medians.
 (b) generate: 2,048 prompts of 64-1,024 tokens, sorted by length as the pipeline sorts a partition,
     each ending (EOS) after 16-512 new tokens drawn per row, Llama-3.2-1B shape, random weights:
-    `Generator.generate` vs `udfs.generate.generate_prompts_worker`. Random weights never say EOS
-    at a chosen length, so a benchmark hook ends each row at its drawn length as EOS would (the
-    engine computes the one extra token it computes for a real EOS).
+    `Generator.generate` vs `udfs.generate.generate_prompts_worker`. Random weights do not say EOS
+    at a chosen length (and say it by chance elsewhere: ignored), so a benchmark hook ends each row at
+    its drawn length as EOS would (the engine computes the one extra token it computes for a real EOS).
 
 Appends JSON lines (workload, path, device, items, seconds, throughput, ratio_to_engine on worker rows)
 to benchmarks/results/worker-path-<device>.jsonl. Outside Spark (the GPU machine has none) the worker
@@ -56,23 +56,17 @@ def as_spark_feeds(table: pa.Table, output_schema: pa.Schema, run) -> tuple[int,
     start = time.perf_counter()
     rows = 0
     for frame in run(inputs()):
-        rows += pa.RecordBatch.from_pandas(frame, schema=output_schema, preserve_index=False).num_rows
+        rows += pa.Table.from_pandas(frame, schema=output_schema, preserve_index=False).num_rows
     return rows, time.perf_counter() - start
 
 
-def bench_embed(model_dir: Path, docs: list[str], device: torch.device) -> tuple[dict, dict]:
+def bench_embed(model_dir: Path, docs: list[str], device: torch.device, repeats: int = 3) -> tuple[dict, dict]:
+    """Both paths `repeats` times, alternating; each path's median time (a 20,000-document run is ~2 s)."""
     from mlabatch.models.embedding.engine import load_embedder
     from mlabatch.udfs.embed import Windowing, embed_documents_worker
 
     windowing = Windowing(max_tokens=256, overlap=32, max_chunks=64, pool=False)
     engine = load_embedder(model_dir, device)
-    engine.embed_documents(docs[:2000], window=256, overlap=32)  # warm-up
-    _sync(device)
-    start = time.perf_counter()
-    result = engine.embed_documents(docs, window=256, overlap=32)
-    _sync(device)
-    engine_s = time.perf_counter() - start
-
     table = pa.table({"id": [str(i) for i in range(len(docs))], "text": docs, "content_hash": ["h"] * len(docs),
                       "doc_error": pa.nulls(len(docs), pa.string())})
     schema = pa.schema([("id", pa.string()), ("chunk", pa.int32()), ("content_hash", pa.string()),
@@ -80,13 +74,23 @@ def bench_embed(model_dir: Path, docs: list[str], device: torch.device) -> tuple
                         ("embedding", pa.list_(pa.float32())), ("error", pa.string())])
     reports = []
     worker = embed_documents_worker(str(model_dir), windowing, device=str(device), report=reports.append)
+    engine.embed_documents(docs[:2000], window=256, overlap=32)  # warm-up
     as_spark_feeds(table.slice(0, 2000), schema, worker)  # warm-up (loads the process's cached engine)
-    reports.clear()
-    chunks, worker_s = as_spark_feeds(table, schema, worker)
+    engine_times, worker_times = [], []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        result = engine.embed_documents(docs, window=256, overlap=32)
+        _sync(device)
+        engine_times.append(time.perf_counter() - start)
+        reports.clear()
+        chunks, seconds = as_spark_feeds(table, schema, worker)
+        worker_times.append(seconds)
     tokens = int(sum(result.token_counts))
-    return ({"items": len(docs), "seconds": engine_s, "chunks": chunks, "tokens": tokens},
-            {"items": len(docs), "seconds": worker_s, "chunks": chunks, "tokens": reports[0].tokens_in,
-             "engine_share": reports[0].engine_share})
+    return ({"items": len(docs), "seconds": float(np.median(engine_times)), "runs": engine_times,
+             "chunks": chunks, "tokens": tokens},
+            {"items": len(docs), "seconds": float(np.median(worker_times)), "runs": worker_times, "chunks": chunks,
+             "tokens": reports[0].tokens_in, "engine_share": reports[0].engine_share})
 
 
 def _scripted_generator(model_dir: Path, device: torch.device, targets: dict[tuple, int]):
@@ -126,7 +130,7 @@ def bench_generate(shape_name: str, n: int, device: torch.device, lengths: tuple
     texts = [texts[i] for i in order]
     ids = [ids[i] for i in order]
     targets = {tuple(row[:16]): int(k) for row, k in zip(ids, rng.integers(outputs[0], outputs[1] + 1, n))}
-    sampling = SamplingParams(max_new_tokens=outputs[1])
+    sampling = SamplingParams(max_new_tokens=outputs[1], ignore_eos=True)  # random weights hit EOS by chance
     generator = _scripted_generator(model_dir, device, targets)
     generator.generate(texts[:16], sampling)  # warm-up
     _sync(device)

@@ -48,7 +48,7 @@ def _is_blank(text: str) -> bool:
 
 def input_error(value: object, what: str = "text") -> str | None:
     """Why `value` cannot be used as a non-empty string (null, not a string, blank), or None if it can."""
-    if value is None or (isinstance(value, float) and pd.isna(value)):
+    if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)):
         return f"{what} is null"
     if not isinstance(value, str):
         return f"{what} is a {type(value).__name__}, not a string"

@@ -10,7 +10,8 @@ has when the function is made, so set the registry (`mlflow.set_registry_uri`) b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from functools import cached_property
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -24,7 +25,8 @@ from mlabatch.udfs.devices import device_udf, task_setup
 from mlabatch.udfs.model_cache import driver_stores, get_engine
 from mlabatch.udfs.task_stats import Report, TaskClock
 
-PREFETCH_BATCHES = 2  # Arrow batches tokenized ahead of the device
+PREFETCH_BATCHES = 2  # Arrow batches (or groups of them) tokenized ahead of the device
+GROUP_BUDGETS = 4  # the documents worker hands the engine groups of at least this many token budgets
 # The model stage of the embedding pipeline: input (id, text, content_hash, doc_error), output one row per window.
 DOCUMENT_ROWS_SCHEMA = ("id string, chunk int, content_hash string, chunk_text string, token_count int, "
                         "truncated boolean, embedding array<float>, error string")
@@ -78,19 +80,47 @@ def embed_udf(model_uri: str, token_budget: int | None = None, device: str = "au
 
 @dataclass
 class _Documents:
-    """One Arrow batch of documents, windowed: the windows of each document that can be embedded."""
+    """Documents of one or more Arrow batches, windowed: the windows of each document that can be embedded."""
 
     docs: pd.DataFrame  # id, text, content_hash, doc_error
     errors: list[str | None]  # why a document is not embedded (its own doc_error or a bad text), per document
     windows: list[list[Chunk]]  # per document; empty for documents with an error
 
-    @property
+    @cached_property
     def ids(self) -> list[list[int]]:
+        """Every window's token ids, in document order."""
         return [c.ids for w in self.windows for c in w]
+
+    @cached_property
+    def tokens(self) -> int:
+        return sum(len(x) for x in self.ids)
+
+    @classmethod
+    def merge(cls, parts: list[_Documents]) -> _Documents:
+        if len(parts) == 1:
+            return parts[0]
+        return cls(pd.concat([p.docs for p in parts], ignore_index=True), [e for p in parts for e in p.errors],
+                   [w for p in parts for w in p.windows])
+
+
+def _token_groups(batches: Iterable[_Documents], tokens: int) -> Iterator[_Documents]:
+    """Consecutive batches merged until each group holds at least `tokens` tokens (the last may hold fewer),
+    so the device runs whole token budgets and waits on the host once per group, not once per Arrow batch."""
+    pending: list[_Documents] = []
+    held = 0
+    for batch in batches:
+        pending.append(batch)
+        held += batch.tokens
+        if held >= tokens:
+            yield _Documents.merge(pending)
+            pending, held = [], 0
+    if pending:
+        yield _Documents.merge(pending)
 
 
 def _window_documents(docs: pd.DataFrame, chunker: Chunker) -> _Documents:
-    errors = [e if e is not None else input_error(t) for t, e in zip(docs["text"], docs["doc_error"])]
+    # doc_error is a string or missing (None, or NaN where pandas gives Arrow's string nulls that way)
+    errors = [e if isinstance(e, str) else input_error(t) for t, e in zip(docs["text"], docs["doc_error"])]
     good = [i for i, e in enumerate(errors) if e is None]
     windows: list[list[Chunk]] = [[] for _ in errors]
     for i, w in zip(good, chunker.split([docs["text"].iat[i] for i in good])):
@@ -144,7 +174,8 @@ def embed_documents_worker(model_ref: str, windowing: Windowing, token_budget: i
                            device: str = "auto", report: Report | None = None
                            ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """A function for `df.mapInPandas(f, DOCUMENT_ROWS_SCHEMA)`: documents (id, text, content_hash,
-    doc_error) in, embedded token windows out, each document tokenized once.
+    doc_error) in, embedded token windows out, each document tokenized once. Consecutive Arrow batches
+    are grouped by tokens, and each group comes out as one frame.
 
     Documents that cannot be embedded (null, empty, rejected) come out as chunk 0 with the error.
     Each task hands its TaskStats to `report` when its partition is done.
@@ -156,13 +187,14 @@ def embed_documents_worker(model_ref: str, windowing: Windowing, token_budget: i
         embedder = get_engine("embedder", model_ref, stores, task_setup(device), token_budget)
         chunker = embedder.chunker(windowing.max_tokens, windowing.overlap, windowing.max_chunks)
         busy = embedder.device_seconds
-        prepared = in_background(lambda: (_window_documents(docs, chunker) for docs in batches), PREFETCH_BATCHES)
-        for batch, vectors in embedder.embed_groups((b, b.ids) for b in prepared):
+        windowed = (_window_documents(docs, chunker) for docs in batches)
+        groups = in_background(lambda: _token_groups(windowed, GROUP_BUDGETS * embedder.token_budget), PREFETCH_BATCHES)
+        for batch, vectors in embedder.embed_groups((b, b.ids) for b in groups):
             if isinstance(vectors, Exception):
                 vectors, errors = _embed_one_by_one(embedder, batch.ids)
             else:
                 vectors, errors = list(vectors), [None] * len(vectors)
-            clock.add(len(batch.docs), sum(len(x) for x in batch.ids))
+            clock.add(len(batch.docs), batch.tokens)
             yield _document_rows(batch, vectors, errors, windowing.pool, embedder.pooling.normalize)
         clock.finish(embedder.device_seconds - busy)
 

@@ -6,6 +6,7 @@ thread (models.background) so packing overlaps the device.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 import torch
@@ -24,8 +25,9 @@ class HostBatch:
     @classmethod
     def pack(cls, ids: list[list[int]], rows: list[int], pin: bool) -> "HostBatch":
         """Pack token id lists into one flat tensor (page-locked when `pin`, so uploads are asynchronous)."""
-        batch = cls(torch.tensor(rows), torch.from_numpy(np.fromiter((t for seq in ids for t in seq), dtype=np.int64)),
-                    PackedLayout.from_lengths([len(x) for x in ids]))
+        lengths = [len(x) for x in ids]
+        flat = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=sum(lengths))
+        batch = cls(torch.tensor(rows), torch.from_numpy(flat), PackedLayout.from_lengths(lengths))
         if pin:
             batch = cls(batch.rows.pin_memory(), batch.ids.pin_memory(), batch.layout.pin_memory())
         return batch

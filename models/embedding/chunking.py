@@ -10,6 +10,8 @@ from typing import Sequence
 
 from tokenizers import Encoding, Tokenizer
 
+from mlabatch.models.tokenizer import encode_batch
+
 
 @dataclass(frozen=True)
 class Chunk:
@@ -57,19 +59,15 @@ class Chunker:
     def split(self, texts: Sequence[str]) -> list[list[Chunk]]:
         """The windows of each text, tokenizing all texts in one batched call (on every core)."""
         self.tokenizer.no_truncation()
-        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        encodings = encode_batch(self.tokenizer, list(texts), add_special_tokens=False)
         return [self._windows(text, encoding) for text, encoding in zip(texts, encodings)]
 
-    def _window(self, index: int, text: str, encoding: Encoding, start: int, end: int, truncated: bool) -> Chunk:
-        offsets = encoding.offsets
-        return Chunk(index, text[offsets[start][0]:offsets[end - 1][1]],
-                     self.prefix + encoding.ids[start:end] + self.suffix, truncated)
-
     def _windows(self, text: str, encoding: Encoding) -> list[Chunk]:
-        n = len(encoding.ids)
+        ids = encoding.ids  # each property read converts the whole list from Rust: read each once
+        n = len(ids)
         if n <= self.width:  # the whole text, as it is
-            return [Chunk(0, text, self.prefix + encoding.ids + self.suffix, False)]
-        words = encoding.word_ids
+            return [Chunk(0, text, self.prefix + ids + self.suffix, False)]
+        words, offsets = encoding.word_ids, encoding.offsets
         bounds: list[tuple[int, int]] = []
         start = end = 0
         while start < n and len(bounds) < self.max_chunks:
@@ -81,4 +79,5 @@ class Chunker:
                 break
             start = _word_start(words, max(end - self.overlap, start + 1), start + 1)
         cut = end < n
-        return [self._window(i, text, encoding, s, e, cut and i == len(bounds) - 1) for i, (s, e) in enumerate(bounds)]
+        return [Chunk(i, text[offsets[s][0]:offsets[e - 1][1]], self.prefix + ids[s:e] + self.suffix,
+                      cut and i == len(bounds) - 1) for i, (s, e) in enumerate(bounds)]

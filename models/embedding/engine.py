@@ -26,7 +26,7 @@ from mlabatch.models.embedding.chunking import Chunker
 from mlabatch.models.embedding.encoders import load_encoder
 from mlabatch.models.embedding.pooling import PoolingConfig, pool_tokens, pool_windows
 from mlabatch.models.packed_encoder import PackedEncoder
-from mlabatch.models.tokenizer import load_tokenizer
+from mlabatch.models.tokenizer import encode_batch, load_tokenizer
 
 SLICE_TEXTS = 2048  # texts tokenized per background step, and per group of embed_with_counts / embed_documents
 Tag = TypeVar("Tag")
@@ -128,7 +128,7 @@ class Embedder:
     def encode(self, texts: Sequence[str]) -> list[Encoding]:
         """The texts tokenized in one batched call (on every core), each cut at max_tokens."""
         self.tokenizer.enable_truncation(self.max_tokens)
-        return self.tokenizer.encode_batch(list(texts))
+        return encode_batch(self.tokenizer, list(texts))
 
     def _stack(self, parts: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)

@@ -24,6 +24,7 @@ from typing import Iterable, Iterator, Sequence as Seq
 import torch
 from tokenizers import Tokenizer
 
+from mlabatch.models.background import in_background
 from mlabatch.models.device import pick_device
 from mlabatch.models.generation.block_manager import BLOCK, BlockManager
 from mlabatch.models.generation.config import EngineConfig, SamplingParams
@@ -147,11 +148,15 @@ class Generator:
     # ---- the loop ----
     def generate(self, prompts: Seq[str | list[int]], params: SamplingParams | Seq[SamplingParams] = SamplingParams()
                  ) -> list[Output]:
-        """Continue every prompt (text or token ids); outputs in prompt order."""
+        """Continue every prompt (text or token ids); outputs in prompt order.
+
+        Prompts are tokenized on a background thread while the first ones already run.
+        """
         per_row = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
         if len(per_row) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(per_row)} sampling settings")
-        seqs = [self.prepare(i, p, s) for i, p, s in zip(range(len(prompts)), prompts, per_row)]
+        seqs = in_background(lambda: (self.prepare(i, p, s) for i, p, s in zip(range(len(prompts)), prompts, per_row)),
+                             depth=self.config.max_batch)
         return [output for _, output in self.generate_stream(seqs)]
 
     @torch.no_grad()

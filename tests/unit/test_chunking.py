@@ -62,3 +62,13 @@ def test_a_window_too_small_for_the_overlap_names_the_settings(tokenizer):
 
     with pytest.raises(ValueError, match="overlap_tokens"):
         Chunker(tokenizer, 10, 8, 4)
+
+
+def test_encoding_on_threads_gives_what_one_call_gives(tokenizer):
+    from mlabatch.models.tokenizer import TEXTS_PER_THREAD, encode_batch
+
+    texts = [topics[k] for k in sorted(topics)][: TEXTS_PER_THREAD * 4]
+    tokenizer.no_truncation()
+    assert [e.ids for e in encode_batch(tokenizer, texts)] == [e.ids for e in tokenizer.encode_batch(texts)]
+    assert [e.offsets for e in encode_batch(tokenizer, texts, False)] == \
+           [e.offsets for e in tokenizer.encode_batch(texts, add_special_tokens=False)]

@@ -95,25 +95,35 @@ def test_documents_worker_gives_the_rows_of_chunking_then_embedding_each_chunk_t
     reports = []
     out = list(embed_documents_worker(str(minilm_dir), Windowing(128, 16, 256, pool=False), 512, "cpu",
                                       reports.append)(iter(batches)))
-    assert len(out) == len(batches)  # one output frame per input batch, in order
-    for docs, rows in zip(batches, out):
-        expected = []
+    rows = pd.concat(out, ignore_index=True)  # groups of batches come out in input order
+    expected = []
+    for docs in batches:
         for doc_id, text, error in docs[["id", "text", "doc_error"]].itertuples(index=False):
             if error is not None or text is None or not text.strip():
                 expected.append((doc_id, 0, None, 0))
                 continue
             expected += [(doc_id, c.index, c.text, c.n_tokens) for c in split_text(text, tokenizer, 128, 16, 256)]
-        got = [(r.id, r.chunk, r.chunk_text if r.error is None else None, r.token_count) for r in rows.itertuples()]
-        assert got == expected
-        good = rows[rows["error"].isna()]
-        before = embedder.embed_with_counts(list(good["chunk_text"]))  # the path before: chunk text tokenized again
-        np.testing.assert_allclose(np.stack(good["embedding"].to_numpy()), before.embeddings, atol=1e-5)
-        assert list(good["token_count"]) == before.token_counts
-    assert out[1]["id"].value_counts().max() > 100  # the huge document really was split into many windows
-    assert out[2].set_index("id").loc["2-8", "error"] == "rejected"
+    got = [(r.id, r.chunk, r.chunk_text if r.error is None else None, r.token_count) for r in rows.itertuples()]
+    assert got == expected
+    good = rows[rows["error"].isna()]
+    before = embedder.embed_with_counts(list(good["chunk_text"]))  # the path before: chunk text tokenized again
+    np.testing.assert_allclose(np.stack(good["embedding"].to_numpy()), before.embeddings, atol=1e-5)
+    assert list(good["token_count"]) == before.token_counts
+    assert rows["id"].value_counts().max() > 100  # the huge document really was split into many windows
+    assert rows.set_index("id").loc["2-8", "error"] == "rejected"
     (stats,) = reports
     assert stats.items == sum(len(b) for b in batches) and stats.tokens_in > 50_000
     assert 0 < stats.engine_seconds <= stats.seconds
+
+
+def test_missing_values_as_any_pandas_version_gives_them(minilm_dir):
+    """pandas 3 hands Arrow's string nulls over as NaN (pd.NA with the string dtype), older pandas as None."""
+    for missing, dtype in ((None, object), (float("nan"), object), (pd.NA, "string")):
+        docs = pd.DataFrame({"id": ["a", "b"], "text": pd.Series(["some words", missing], dtype=dtype),
+                             "content_hash": "h", "doc_error": pd.Series([missing, missing], dtype=dtype)})
+        rows, = embed_documents_worker(str(minilm_dir), Windowing(128, 16, 4, pool=False), device="cpu")(iter([docs]))
+        assert rows["error"].iloc[0] is None and rows["token_count"].iloc[0] > 0
+        assert rows["error"].iloc[1] == "text is null"
 
 
 def test_pooling_in_the_worker_matches_embed_documents(minilm_dir, embedder):
