@@ -25,11 +25,13 @@ LAYOUTS: dict[str, tuple[str, dict]] = {
                                         rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0,
                                                          "factor": 32.0, "low_freq_factor": 1.0,
                                                          "high_freq_factor": 4.0,
-                                                         "original_max_position_embeddings": 8192})),
+                                                         "original_max_position_embeddings": 8192},
+                                        max_position_embeddings=131072)),
     # Llama-3-8B heads with YaRN x4 (as Qwen2.5's long-context recipe sets it)
     "llama3-yarn": ("LlamaConfig", dict(hidden_size=768, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
                                         rope_parameters={"rope_type": "yarn", "rope_theta": 500000.0, "factor": 4.0,
-                                                         "original_max_position_embeddings": 8192})),
+                                                         "original_max_position_embeddings": 8192},
+                                        max_position_embeddings=32768)),
     # Mistral-7B v0.2+ heads (32 x 128, 8 KV), no sliding window
     "mistral": ("MistralConfig", dict(hidden_size=768, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
                                       sliding_window=None)),
