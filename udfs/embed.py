@@ -119,11 +119,12 @@ def _token_groups(batches: Iterable[_Documents], tokens: int) -> Iterator[_Docum
 
 
 def _window_documents(docs: pd.DataFrame, chunker: Chunker) -> _Documents:
+    texts = docs["text"].tolist()
     # doc_error is a string or missing (None, or NaN where pandas gives Arrow's string nulls that way)
-    errors = [e if isinstance(e, str) else input_error(t) for t, e in zip(docs["text"], docs["doc_error"])]
+    errors = [e if isinstance(e, str) else input_error(t) for t, e in zip(texts, docs["doc_error"].tolist())]
     good = [i for i, e in enumerate(errors) if e is None]
     windows: list[list[Chunk]] = [[] for _ in errors]
-    for i, w in zip(good, chunker.split([docs["text"].iat[i] for i in good])):
+    for i, w in zip(good, chunker.split([texts[i] for i in good])):
         windows[i] = w
     return _Documents(docs, errors, windows)
 
