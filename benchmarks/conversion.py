@@ -22,7 +22,8 @@ COMMAND = "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/conversion.py"
 METHOD = ("Method `pca` (no fine-tuning): per layer, the no-RoPE keys and the values share a rank-d_c latent "
           "fitted to minimize a covariance-aware estimate of the attention-output error (CARE-style: key errors "
           "weighted by the query covariance and the spread of W_O V, value errors by W_O), from calibration "
-          "statistics of `pydoc_data.topics` texts disjoint from the held-out ones. Encoders calibrate "
+          "statistics of the offline domains (English prose from `pydoc_data.topics`, standard-library code, "
+          "CJK prose) disjoint from the held-out ones. Encoders calibrate "
           "sequentially: each layer's latent regresses the source layer's K and V on the input that the "
           "already-converted layers produce. Decoders keep d_rope RoPE'd key mixes per layer (RoRoPE), with the "
           "RoPE slots given to the mixes that lose most without RoPE over the calibration span (256 tokens): "
@@ -65,7 +66,7 @@ def _markdown(rows: list[dict]) -> str:
     lines = ["# MLA conversion: quality vs latent width (CPU, float32)", "",
              f"Command: `{COMMAND}`", "",
              "KV = cached values per token per layer (before -> after). Encoders: cosine of mean-pooled normalized "
-             "embeddings to the original on held-out `pydoc_data.topics` texts. Decoders: perplexity on held-out "
+             "embeddings to the original on held-out texts of every domain, pooled. Decoders: perplexity on held-out "
              "text (SmolLM2 is the 4-bit GGUF dequantized, so perplexities compare only with each other), top-1 "
              "next-token agreement, greedy prefix agreement (converted side through the paged absorbed decode).", "",
              METHOD, "",
