@@ -1,1 +1,2 @@
-"""Offline Hugging Face -> MLA conversion: settings, convert, calibration, RoRoPE, fidelity report."""
+"""Offline Hugging Face -> MLA conversion: settings, families (what converts, what is refused), convert,
+calibration, RoRoPE, fidelity report, and tiny random-weight models of each family for tests and benchmarks."""
