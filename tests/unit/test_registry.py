@@ -89,3 +89,17 @@ def test_stores_name_sqlite_files_by_absolute_path(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)  # the registry follows the tracking URI
     assert MlflowStores.current() == MlflowStores(registry_uri=f"sqlite:///{tmp_path}/data/mlflow.db",
                                                   tracking_uri=f"sqlite:///{tmp_path}/data/mlflow.db")
+
+
+def test_load_model_gives_an_unconverted_decoder_the_generator(tiny_decoder_dir):
+    """A plain Hugging Face decoder directory is served by the generation engine (converted exactly in
+    memory), not handed to the embedder."""
+    from mlabatch.models.generation.config import EngineConfig, SamplingParams
+    from mlabatch.models.generation.engine import Generator
+    from mlabatch.models.registry.load import load_model
+
+    original = tiny_decoder_dir.with_name("tiny-llama-v1")  # the directory tiny_decoder_dir was converted from
+    model = load_model(original, "cpu", engine=EngineConfig(num_blocks=16))
+    assert isinstance(model, Generator)
+    (out,) = model.generate(["one two three"], SamplingParams(max_new_tokens=4, ignore_eos=True))
+    assert out.generated_tokens == 4
