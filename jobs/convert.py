@@ -7,10 +7,12 @@ from pathlib import Path
 
 import mlflow
 
-from mlabatch.models.conversion.config import CalibrationConfig, MLAConfig
+from mlabatch.models.conversion.calibration import calibration_texts, heldout_texts
+from mlabatch.models.conversion.config import CalibrationConfig, HealConfig, MLAConfig
 from mlabatch.models.conversion.convert import convert, resolve_widths
 from mlabatch.models.conversion.families import read_source_shape
 from mlabatch.models.conversion.fidelity import fidelity_report, write_report
+from mlabatch.models.conversion.healing import HELDOUT_WINDOWS, heal
 from mlabatch.models.registry.bundled import bundled_minilm_dir
 from mlabatch.models.registry.register import register_model
 from mlabatch.models.registry.resolve import ResolvedModel
@@ -71,11 +73,37 @@ def run_convert(settings: Settings) -> tuple[ResolvedModel, dict]:
         convert(src, request, out_dir)
         log.info("measuring fidelity on held-out text")
         report = fidelity_report(src, out_dir)
+        if cfg.heal_steps:
+            report = heal_converted(src, out_dir, cfg, request, report)
         write_report(report, out_dir / "fidelity.json")
         mlflow.log_dict(report, "fidelity.json")
         mlflow.log_metrics(_metrics(report))
         model = register_model(out_dir, cfg.name, cfg.alias)
     return model, report
+
+
+def heal_converted(src: Path, out_dir: Path, cfg: ConvertSettings, request: MLAConfig, before: dict) -> dict:
+    """Heal the converted model in place from its source, logging the fidelity report before healing and the
+    held-out metric per evaluation to MLflow; returns the report after healing, with the steps and tokens.
+
+    A killed run, run again with the same settings (and convert.overwrite=true), converts the same weights and
+    resumes from `<output_dir>.heal-checkpoint`, which is removed once healing finishes.
+    """
+    write_report(before, out_dir / "fidelity-before-healing.json")
+    mlflow.log_dict(before, "fidelity-before-healing.json")
+    config = HealConfig(**cfg.model_dump(include=set(HealConfig.model_fields)))
+    mlflow.log_params(config.model_dump())
+    checkpoint = Path(f"{out_dir}.heal-checkpoint")
+    log.info("healing: %d distillation steps from %s (checkpoints in %s)", config.heal_steps, src, checkpoint)
+    result = heal(src, out_dir, config, calibration_texts(request.calibration), heldout_texts(HELDOUT_WINDOWS),
+                  checkpoint_dir=checkpoint)
+    for step, value in result.history:
+        mlflow.log_metric(f"heal_heldout_{result.metric}", value, step=step)
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    log.info("measuring fidelity after healing")
+    return {**fidelity_report(src, out_dir), "heal_steps": result.steps, "heal_tokens": result.tokens,
+            "heal_seconds": round(result.seconds, 3), f"heal_heldout_{result.metric}_before": result.heldout_before,
+            f"heal_heldout_{result.metric}_after": result.heldout_after}
 
 
 def _metrics(report: dict) -> dict[str, float]:

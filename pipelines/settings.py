@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mlabatch.models.conversion.config import HealConfig
 from mlabatch.models.generation.config import EngineConfig, SamplingParams
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$")
@@ -111,8 +112,13 @@ class EmbedSettings(_Section):
         return self
 
 
-class ConvertSettings(_Section):
-    """`mlabatch convert`: which model to convert to MLA, how, and where to register it."""
+class ConvertSettings(HealConfig, _Section):
+    """`mlabatch convert`: which model to convert to MLA, how, and where to register it.
+
+    The healing keys (heal_steps, heal_lr, ...) are the fields of HealConfig, with their limits and defaults.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)  # like every section
 
     source: str = Field("minilm", description="minilm or smollm2 (the bundled packages), or a Hugging Face "
                                              "model directory")

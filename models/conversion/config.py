@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
+
 METHODS = ("exact", "svd", "pca")
 
 
@@ -60,3 +62,21 @@ class MLAConfig:
         tf = out["calibration"]["texts_file"]
         out["calibration"]["texts_file"] = None if tf is None else str(tf)
         return out
+
+
+class HealConfig(BaseModel):
+    """How to heal a converted model (`healing.heal`): a short distillation from its source; 0 steps: none.
+
+    The fields are also `convert.heal_*` settings (the `convert:` job section extends this class).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    heal_steps: int = Field(0, ge=0, description="distillation steps after conversion (only the MLA attention "
+                                                 "weights train); 0: no healing")
+    heal_lr: float = Field(1e-5, gt=0, description="peak learning rate (AdamW; warm-up, then cosine decay); "
+                                                   "SmolLM2 diverged at 4e-5")
+    heal_batch: int = Field(4, ge=1, description="sequences per step")
+    heal_seq_tokens: int = Field(256, ge=16, description="tokens per training sequence")
+    heal_eval_every: int = Field(25, ge=1, description="steps between held-out evaluations (shown in the progress "
+                                                       "bar) and checkpoints")
