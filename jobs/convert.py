@@ -42,7 +42,8 @@ def mla_config(cfg: ConvertSettings) -> MLAConfig:
     d_c = None if cfg.method == "exact" else cfg.d_c
     return MLAConfig(d_c=d_c, d_rope=cfg.d_rope, method=cfg.method,
                      calibration=CalibrationConfig(num_texts=cfg.calibration_texts,
-                                                   max_tokens=cfg.calibration_max_tokens))
+                                                   max_tokens=cfg.calibration_max_tokens,
+                                                   table=cfg.calibration_table, column=cfg.calibration_column))
 
 
 def check_output_dir(cfg: ConvertSettings) -> None:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mlabatch.models.conversion.config import HealConfig
+from mlabatch.models.conversion.config import CalibrationConfig, HealConfig
 from mlabatch.models.generation.config import EngineConfig, SamplingParams
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$")
@@ -129,9 +129,13 @@ class ConvertSettings(HealConfig, _Section):
     d_c: int | None = Field(192, ge=1, description="latent width per token and layer; ignored with exact")
     d_rope: int | None = Field(None, ge=0, description="shared RoPE key width for decoders (0 or 64 for the "
                                                        "kernel); null: the method's default")
-    calibration_texts: int = Field(32, ge=1, description="calibration texts (Python's reference docs; "
-                                                         "held-out text kept apart)")
-    calibration_max_tokens: int = Field(256, ge=8, description="tokens per calibration text")
+    calibration_texts: int = Field(CalibrationConfig.num_texts, ge=1,
+                                   description="calibration texts (offline prose, code and CJK, or a sample of "
+                                               "calibration_table); held-out text of each domain kept apart")
+    calibration_max_tokens: int = Field(CalibrationConfig.max_tokens, ge=8, description="tokens per calibration text")
+    calibration_table: str | None = Field(None, description="the path of a Delta table to calibrate on, e.g. the "
+                                                            "source the model will embed; null: the offline domains")
+    calibration_column: str = Field(CalibrationConfig.column, description="calibration_table's text column")
     name: str = Field("mlabatch-minilm-mla", description="registered as models:/<name>@<alias>")
     alias: str = Field("champion", description="the alias set on the registered version")
 

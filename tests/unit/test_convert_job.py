@@ -95,3 +95,23 @@ def test_a_refused_family_stops_before_mlflow(settings, tmp_path):
     with pytest.raises(ConversionError, match="relative-position bias"):
         run_convert(settings(f"convert.source={src}"))
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_calibration_on_the_users_table_from_the_settings(settings, tmp_path):
+    """convert.calibration_table / calibration_column reach the conversion: the user's table is calibrated on
+    and reported as a held-out domain of its own."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+    from pydoc_data.topics import topics
+
+    table = tmp_path / "docs"
+    texts = [t[:800] for t in list(topics.values())[:60]]
+    write_deltalake(str(table), pa.table({"id": list(range(len(texts))), "body": texts}))
+    cfg = settings("convert.method=pca", "convert.d_c=192", "convert.calibration_texts=16",
+                   f"convert.calibration_table={table}", "convert.calibration_column=body")
+    _, report = run_convert(cfg)
+    assert "table" in report["domains"] and report["domains"]["table"]["n_texts"] >= 1
+
+    with pytest.raises(ConversionError, match="no column 'text'"):
+        run_convert(settings("convert.method=pca", f"convert.calibration_table={table}",
+                             f"convert.output_dir={tmp_path}/other"))
