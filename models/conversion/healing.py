@@ -80,6 +80,11 @@ def attention(attn: MLAAttention, h: torch.Tensor, rope: RopeTables | None, mask
     """MLAAttention's non-absorbed output [b, t, d_model] for inputs h [b, t, d_model], with gradients."""
     s = attn.shape
     group = s.n_heads // s.n_kv_heads
+    if s.normed_inputs:  # Qwen3 with compressed keys: the projections read [k^ | v | q^] (as MLAAttention.project)
+        u = attn.pre(h)
+        keys, values, queries = u.split([s.n_kv_heads * s.head_dim] * 2 + [s.n_heads * s.head_dim], -1)
+        h = torch.cat([_head_norm(keys, attn.k_norm, s.head_dim), values,
+                       _head_norm(queries, attn.q_norm, s.head_dim)], -1)
     c = attn.kv_down(h)
     v = torch.einsum("btc,gdc->btgd", c, attn.v_up).repeat_interleave(group, dim=2)
     q, k = [], []
@@ -88,7 +93,7 @@ def attention(attn: MLAAttention, h: torch.Tensor, rope: RopeTables | None, mask
         k.append(torch.einsum("btc,gdc->btgd", c, attn.k_up).repeat_interleave(group, dim=2))
     if s.d_rope:
         q_rope, k_rope = attn.q_rope(h).unflatten(-1, (s.n_heads, s.d_rope)), attn.k_rope(h)[:, :, None]
-        if s.qk_norm_eps is not None:
+        if s.qk_norm_eps is not None and not s.normed_inputs:
             q_rope, k_rope = _head_norm(q_rope, attn.q_norm, s.head_dim), _head_norm(k_rope, attn.k_norm, s.head_dim)
         q.append(_rotate(q_rope, rope))
         k.append(_rotate(k_rope, rope).expand(-1, -1, s.n_heads, -1))

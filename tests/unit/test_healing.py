@@ -63,9 +63,11 @@ def test_training_forward_equals_the_runtime(lossy_decoder, lossy_encoder):
     torch.testing.assert_close(ours[mask.bool()], want[mask.bool()], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("family, widths", [("llama", (256, 64)), ("qwen3", (128, 256)), ("roberta", (128, 0))])
+@pytest.mark.parametrize("family, widths", [("llama", (256, 64)), ("qwen3", (128, 256)), ("qwen3", (256, 64)),
+                                           ("roberta", (128, 0))])
 def test_training_forward_equals_the_runtime_for_other_families(family, widths, tmp_path):
-    """RoPE in fewer dims than a head (128-wide Llama heads at 256+64), Qwen3's per-head q/k norm, RoBERTa positions."""
+    """RoPE in fewer dims than a head (128-wide Llama heads at 256+64), Qwen3's per-head q/k norm (keys kept, and
+    keys compressed: the norms run on the pre-projection), RoBERTa positions."""
     from mlabatch.models.conversion.tiny_models import build_tiny
 
     layout = {"hidden_size": 512, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 128}
