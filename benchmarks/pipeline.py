@@ -68,7 +68,7 @@ def main() -> None:
     embedder.embed(chunks)
     direct_s = time.perf_counter() - started
 
-    spark = get_spark(settings("warm").spark)
+    get_spark(settings("warm").spark)  # the session every run below shares
     write_docs("warm", chunks[:64])
     run_embed(settings("warm"))  # starts Python workers and loads the model in each
     write_docs("bench", chunks)

@@ -164,11 +164,8 @@ class _Accumulator:
         return LayerStats(self.xx / self.n, self.x / self.n)
 
 
-@torch.no_grad()
-def collect_stats(model: nn.Module, tokenizer, inputs: list[nn.Linear], config: CalibrationConfig) -> list[LayerStats]:
-    """Run the calibration texts one by one through `model`, hooking the input of each layer's query Linear."""
-    accs = [_Accumulator(q.in_features) for q in inputs]
-    handles = [q.register_forward_pre_hook(acc) for q, acc in zip(inputs, accs)]
+def _run_hooked(model: nn.Module, tokenizer, config: CalibrationConfig, handles: list) -> None:
+    """Run the calibration texts one by one through `model` (its hooks collect), then remove the hooks."""
     try:
         with one_thread():
             for text in calibration_texts(config):
@@ -177,6 +174,14 @@ def collect_stats(model: nn.Module, tokenizer, inputs: list[nn.Linear], config: 
     finally:
         for h in handles:
             h.remove()
+
+
+@torch.no_grad()
+def collect_stats(model: nn.Module, tokenizer, inputs: list[nn.Linear], config: CalibrationConfig) -> list[LayerStats]:
+    """Run the calibration texts one by one through `model`, hooking the input of each layer's query Linear."""
+    accs = [_Accumulator(q.in_features) for q in inputs]
+    handles = [q.register_forward_pre_hook(acc) for q, acc in zip(inputs, accs)]
+    _run_hooked(model, tokenizer, config, handles)
     return [acc.result() for acc in accs]
 
 
@@ -270,12 +275,5 @@ def collect_normed_stats(model: nn.Module, tokenizer, layers: list[tuple[nn.Modu
     accs = [_NormedAccumulator(n_kv, n_heads, head_dim) for _ in layers]
     handles = [module.register_forward_hook(acc.hook(name))
                for acc, modules in zip(accs, layers) for name, module in zip("kvq", modules)]
-    try:
-        with one_thread():
-            for text in calibration_texts(config):
-                ids = tokenizer(text, truncation=True, max_length=config.max_tokens, return_tensors="pt")
-                model(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"])
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(model, tokenizer, config, handles)
     return [acc.result() for acc in accs]

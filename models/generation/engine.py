@@ -51,7 +51,7 @@ class Output:
 
 @dataclass
 class EngineStats:
-    """Counters of the last generate() call."""
+    """Counters of the last engine run (generate() or generate_stream())."""
 
     prompt_tokens: int = 0
     generated_tokens: int = 0

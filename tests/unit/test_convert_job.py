@@ -4,7 +4,6 @@ import stat
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 
 from mlabatch.jobs.config import load_settings
