@@ -162,6 +162,7 @@ def run_engine(model_dir: Path, ids: torch.Tensor, new: int, device: torch.devic
     result.update({"new_tokens_per_s": b * new / seconds, "seconds": seconds, "peak_gib": _peak_gib(device),
                    "kv_bytes_per_token": kv, "prefill_seconds": gen.stats.prefill_seconds,
                    "decode_steps": gen.stats.decode_steps, "overlapped_steps": gen.stats.overlapped_steps,
+                   "decode_ms_per_step": 1e3 * (seconds - gen.stats.prefill_seconds) / max(gen.stats.decode_steps, 1),
                    "graph_steps": gen.stats.graph_steps, "graph_error": gen.runner.graphs.error if gen.runner.graphs else None})
     del gen
     return result

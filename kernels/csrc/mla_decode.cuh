@@ -1,4 +1,4 @@
-// Split-KV MLA decode kernel for tiles of up to 32 query rows (mma.sync + cp.async; all rows for d_v 192)
+// Split-KV MLA decode kernel for 16-row tiles (mma.sync + cp.async; 32- and 64-row tiles too for d_v 192)
 // and the log-sum-exp combine kernel. kQTileRows-row tiles use mla_decode_wgmma.cuh.
 //
 // One CTA = (scheduler part, kv head, tile of M = 16*R query rows). The part's kPage-token pages stream
