@@ -178,6 +178,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny model, batch 4, prompt 40, 12 new tokens")
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--note", help="a label stored in every row, e.g. which kernel build ran")
     args = parser.parse_args()
     if args.tiny:
         args.models, args.batches, args.prompt, args.new = ["tiny"], [4], 40, 12
@@ -208,6 +209,8 @@ def main() -> None:
                 row = {"device": name, "model": model_name, "batch": batch, "prompt_tokens": args.prompt,
                        "new_tokens": args.new, "dtype": str(dtype).removeprefix("torch."), **r,
                        "ratio_to_transformers": r["new_tokens_per_s"] / base if base else None}
+                if args.note:
+                    row["note"] = args.note
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 out.parent.mkdir(parents=True, exist_ok=True)
