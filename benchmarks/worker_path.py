@@ -1,10 +1,10 @@
 """The engine called directly vs the Spark worker functions fed as Spark feeds them, one process, one GPU.
 
-What a Spark task on a GPU worker runs is the model stage's function (`mapInPandas`): it receives
-pandas batches of `spark.max_records_per_batch` rows converted from Arrow, and its output frames are
-converted back to Arrow. This benchmark feeds the real worker functions exactly so (Arrow record
-batches -> pandas on the reading side, pandas -> Arrow on the writing side, one task for all rows, as
-with one task per GPU) and compares them with the engine called once on everything:
+What a Spark task on a GPU worker runs is the model stage's function: the embedding stage (`mapInArrow`)
+receives Arrow record batches of `spark.max_records_per_batch` rows and returns Arrow batches; the
+generation stage (`mapInPandas`) receives them converted to pandas, and its output frames are converted
+back to Arrow. This benchmark feeds the real worker functions exactly so (one task for all rows, as with
+one task per GPU) and compares them with the engine called once on everything:
 
 (a) embed: 20,000 documents of the benchmarks/embed.py kind, windows of 256 tokens (overlap 32):
     `Embedder.embed_documents` vs `udfs.embed.embed_documents_worker`, three runs each, medians.
@@ -60,22 +60,31 @@ def as_spark_feeds(table: pa.Table, output_schema: pa.Schema, run) -> tuple[int,
     return rows, time.perf_counter() - start
 
 
+def as_spark_feeds_arrow(table: pa.Table, output_schema: pa.Schema, run) -> tuple[int, float]:
+    """Run a mapInArrow function over `table` as one Spark task would: record batches of
+    MAX_RECORDS_PER_BATCH rows in, record batches out (checked against `output_schema`).
+    Returns (output rows, seconds)."""
+    start = time.perf_counter()
+    rows = 0
+    for batch in run(iter(table.to_batches(max_chunksize=MAX_RECORDS_PER_BATCH))):
+        assert batch.schema == output_schema
+        rows += batch.num_rows
+    return rows, time.perf_counter() - start
+
+
 def bench_embed(model_dir: Path, docs: list[str], device: torch.device, repeats: int = 3) -> tuple[dict, dict]:
     """Both paths `repeats` times, alternating; each path's median time (a 20,000-document run is ~2 s)."""
     from mlabatch.models.embedding.engine import load_embedder
-    from mlabatch.udfs.embed import Windowing, embed_documents_worker
+    from mlabatch.udfs.embed import DOCUMENT_ROWS_ARROW, Windowing, embed_documents_worker
 
     windowing = Windowing(max_tokens=256, overlap=32, max_chunks=64, pool=False)
     engine = load_embedder(model_dir, device)
     table = pa.table({"id": [str(i) for i in range(len(docs))], "text": docs, "content_hash": ["h"] * len(docs),
                       "doc_error": pa.nulls(len(docs), pa.string())})
-    schema = pa.schema([("id", pa.string()), ("chunk", pa.int32()), ("content_hash", pa.string()),
-                        ("chunk_text", pa.string()), ("token_count", pa.int32()), ("truncated", pa.bool_()),
-                        ("embedding", pa.list_(pa.float32())), ("error", pa.string())])
     reports = []
     worker = embed_documents_worker(str(model_dir), windowing, device=str(device), report=reports.append)
     engine.embed_documents(docs[:2000], window=256, overlap=32)  # warm-up
-    as_spark_feeds(table.slice(0, 2000), schema, worker)  # warm-up (loads the process's cached engine)
+    as_spark_feeds_arrow(table.slice(0, 2000), DOCUMENT_ROWS_ARROW, worker)  # warm-up (loads the process's cached engine)
     engine_times, worker_times = [], []
     for _ in range(repeats):
         _sync(device)
@@ -84,7 +93,7 @@ def bench_embed(model_dir: Path, docs: list[str], device: torch.device, repeats:
         _sync(device)
         engine_times.append(time.perf_counter() - start)
         reports.clear()
-        chunks, seconds = as_spark_feeds(table, schema, worker)
+        chunks, seconds = as_spark_feeds_arrow(table, DOCUMENT_ROWS_ARROW, worker)
         worker_times.append(seconds)
     tokens = int(sum(result.token_counts))
     return ({"items": len(docs), "seconds": float(np.median(engine_times)), "runs": engine_times,

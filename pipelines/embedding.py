@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-import pandas as pd
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -40,7 +40,7 @@ class EmbedStats(RunStats):
 
 
 def embed_documents(spark: SparkSession, settings: Settings, model: ResolvedModel, worker_model_ref: str,
-                    worker: Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]] | None = None) -> EmbedStats:
+                    worker: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]] | None = None) -> EmbedStats:
     """Run one incremental embedding pass from settings.source into settings.target.
 
     `worker_model_ref` is what workers load (a shared directory or a models:/ URI). `worker` replaces
@@ -60,7 +60,7 @@ def embed_documents(spark: SparkSession, settings: Settings, model: ResolvedMode
         log.info("chunking and embedding in %d partitions%s (progress bar: Spark stages)", partitions,
                  ", one GPU per task" if profile else "")
         return (new_docs.repartition(partitions)
-                .mapInPandas(model_stage, DOCUMENT_ROWS_SCHEMA, profile=profile)
+                .mapInArrow(model_stage, DOCUMENT_ROWS_SCHEMA, profile=profile)
                 .select("id", "chunk", "content_hash", F.lit(model.version).alias("model_version"),
                         F.lit(chunking).alias("chunking"), "chunk_text", "token_count", "truncated", "embedding",
                         "error", F.current_timestamp().alias("embedded_at")))

@@ -7,11 +7,64 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import chain
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from mlabatch.models.varlen import PackedLayout
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The concatenation of arange(s, s + n) for each (s, n), in one vectorized step."""
+    total = int(lengths.sum())
+    before = np.cumsum(lengths) - lengths
+    return np.repeat(starts - before, lengths) + np.arange(total, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """Token-id sequences as one flat array, so a stream moves them without a Python object per token:
+    sequence i is `ids[cu[i]:cu[i + 1]]`."""
+
+    ids: np.ndarray  # int64 [T]
+    cu: np.ndarray  # int64 [n + 1], cu[0] == 0
+
+    @classmethod
+    def from_lists(cls, ids: Sequence[Sequence[int]]) -> "Sequences":
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+        return cls(flat, np.concatenate([[0], np.cumsum(lengths)]))
+
+    @classmethod
+    def from_spans(cls, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, prefix: Sequence[int] = (),
+                   suffix: Sequence[int] = ()) -> "Sequences":
+        """Sequence i: `prefix + flat[starts[i]:starts[i] + lengths[i]] + suffix` (spans may overlap)."""
+        p, q = len(prefix), len(suffix)
+        cu = np.concatenate([[0], np.cumsum(lengths + p + q)])
+        ids = np.empty(int(cu[-1]), dtype=np.int64)
+        ids[_ranges(cu[:-1] + p, lengths)] = flat[_ranges(starts, lengths)]
+        for j, token in enumerate(prefix):
+            ids[cu[:-1] + j] = token
+        for j, token in enumerate(suffix):
+            ids[cu[1:] - q + j] = token
+        return cls(ids, cu)
+
+    def __len__(self) -> int:
+        return len(self.cu) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.ids[self.cu[i]:self.cu[i + 1]]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.cu)
+
+    def take(self, rows: Sequence[int] | np.ndarray) -> "Sequences":
+        """The sequences `rows`, in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = self.cu[rows + 1] - self.cu[rows]
+        return Sequences(self.ids[_ranges(self.cu[rows], lengths)], np.concatenate([[0], np.cumsum(lengths)]))
 
 
 @dataclass
@@ -27,17 +80,11 @@ class HostBatch:
     max_len: int
 
     @classmethod
-    def pack(cls, ids: list[list[int]], rows: list[int], pin: bool) -> "HostBatch":
-        """Pack token id lists and their result rows (page-locked when `pin`, so the upload is asynchronous)."""
-        lengths = [len(x) for x in ids]
-        tokens, b = sum(lengths), len(ids)
-        buffer = np.empty(tokens + 2 * b + 1, dtype=np.int64)
-        buffer[:tokens] = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=tokens)
-        buffer[tokens:tokens + b] = rows
-        buffer[tokens + b] = 0
-        np.cumsum(lengths, out=buffer[tokens + b + 1:])
-        host = torch.from_numpy(buffer)
-        return cls(host.pin_memory() if pin else host, tokens, max(lengths))
+    def pack(cls, sequences: Sequences, rows: list[int], pin: bool) -> "HostBatch":
+        """Pack the sequences `rows` and the rows themselves (page-locked when `pin`, so the upload is asynchronous)."""
+        batch = sequences.take(rows)
+        host = torch.from_numpy(np.concatenate([batch.ids, np.asarray(rows, dtype=np.int64), batch.cu]))
+        return cls(host.pin_memory() if pin else host, len(batch.ids), int(batch.lengths.max()))
 
     def to(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, PackedLayout]:
         """(rows, ids, layout) on the device: one asynchronous upload, the layout computed there."""
@@ -51,7 +98,7 @@ class HostBatch:
         return rows, ids, PackedLayout(cu.int(), seq_index, positions, self.max_len)
 
 
-def plan_batches(lengths: list[int], token_budget: int) -> list[list[int]]:
+def plan_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
     """Row indices grouped by ascending length so each group holds at most `token_budget` tokens.
 
     Texts with no tokens at all (possible with tokenizers that add no special tokens) are left out:

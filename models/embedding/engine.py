@@ -5,8 +5,9 @@ Everything runs as a stream of groups of token-id sequences (`embed_groups`): a 
 and packs each batch into pinned tensors, while the calling thread copies batches to the device and
 runs them (fp16 on CUDA), pooling in fp32. A group's vectors are copied back asynchronously and handed
 out only once the next group is queued on the device, so the device keeps working while the caller
-turns results into rows. Texts are tokenized on a background thread too (`embed_with_counts`,
-`embed_documents`), or by the caller (`udfs`, which tokenizes the next Arrow batch meanwhile).
+turns results into rows. Texts are tokenized on a background thread too (`embed_with_counts`, and
+`embed_documents` through `Chunker.stream`, which windows on another), or by the caller (`udfs`, with
+the same stream over its Arrow batches). Groups of token ids come as lists or as flat `Sequences`.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from tokenizers import Encoding, Tokenizer
 
 from mlabatch.models.device import pick_device
 from mlabatch.models.background import in_background
-from mlabatch.models.embedding.batching import HostBatch, plan_batches
+from mlabatch.models.embedding.batching import HostBatch, Sequences, plan_batches
 from mlabatch.models.embedding.chunking import Chunker
 from mlabatch.models.embedding.encoders import load_encoder
 from mlabatch.models.embedding.pooling import PoolingConfig, pool_tokens, pool_windows
@@ -99,17 +100,16 @@ class Embedder:
         `token_counts` are the tokens embedded per document; `truncated` marks documents cut at max_chunks.
         """
         chunker, texts = self.chunker(window, overlap, max_chunks), list(texts)
-        slices = in_background(lambda: ((start, chunker.split(texts[start:start + SLICE_TEXTS]))
-                                        for start in range(0, len(texts), SLICE_TEXTS)), depth=2)
-        groups = ((windows, [c.ids for w in windows for c in w]) for _, windows in slices)
+        slices = ((start, texts[start:start + SLICE_TEXTS]) for start in range(0, len(texts), SLICE_TEXTS))
+        windowed = in_background(lambda: chunker.stream(slices), depth=2)
         vectors, counts, truncated = [], [], []
-        for windows, chunk_vectors in self.embed_groups(groups, raise_errors=True):
-            sizes = [len(w) for w in windows]
-            chunk_counts = [c.n_tokens for w in windows for c in w]
-            owners = np.repeat(np.arange(len(windows)), sizes)
-            vectors.append(pool_windows(chunk_vectors, chunk_counts, owners, len(windows), self.pooling.normalize))
-            counts += np.bincount(owners, weights=chunk_counts, minlength=len(windows)).astype(int).tolist()
-            truncated += [w[-1].truncated for w in windows]
+        for (start, windows), chunk_vectors in self.embed_groups(((w, w[1].sequences) for w in windowed),
+                                                                  raise_errors=True):
+            n = min(SLICE_TEXTS, len(texts) - start)
+            vectors.append(pool_windows(chunk_vectors, windows.n_tokens, windows.owner, n, self.pooling.normalize))
+            counts += np.bincount(windows.owner, weights=windows.n_tokens, minlength=n).astype(int).tolist()
+            last = np.r_[windows.owner[1:] != windows.owner[:-1], True]  # each text's last window
+            truncated += windows.truncated[last].tolist()
         return EmbedResult(self._stack(vectors), counts, truncated)
 
     def embed_with_counts(self, texts: Sequence[str]) -> EmbedResult:
@@ -134,7 +134,7 @@ class Embedder:
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
 
     @torch.inference_mode()
-    def embed_groups(self, groups: Iterable[tuple[Tag, list[list[int]]]], raise_errors: bool = False
+    def embed_groups(self, groups: Iterable[tuple[Tag, Sequences | list[list[int]]]], raise_errors: bool = False
                      ) -> Iterator[tuple[Tag, np.ndarray | Exception]]:
         """Embed each group of token-id sequences: yields (tag, float32 [len(ids), dim]) per group, in order.
 
@@ -189,15 +189,16 @@ class Embedder:
         event.record()
         return event
 
-    def _pack(self, groups: Iterable[tuple[Tag, list[list[int]]]]) -> Iterator[_Packed]:
+    def _pack(self, groups: Iterable[tuple[Tag, Sequences | list[list[int]]]]) -> Iterator[_Packed]:
         """Groups -> length-sorted, token-budgeted, packed host batches (pinned on CUDA for async uploads)."""
         pin = self.device.type == "cuda"
         for tag, ids in groups:
-            plans = plan_batches([len(x) for x in ids], self.token_budget)
+            sequences = ids if isinstance(ids, Sequences) else Sequences.from_lists(ids)
+            plans = plan_batches(sequences.lengths.tolist(), self.token_budget)
             if not plans:
-                yield _Packed(tag, len(ids), None, True)
+                yield _Packed(tag, len(sequences), None, True)
             for k, rows in enumerate(plans):
-                yield _Packed(tag, len(ids), HostBatch.pack([ids[i] for i in rows], rows, pin), k == len(plans) - 1)
+                yield _Packed(tag, len(sequences), HostBatch.pack(sequences, rows, pin), k == len(plans) - 1)
 
 
 def load_embedder(model_dir: str | Path, device: str | torch.device = "auto", token_budget: int | None = None

@@ -46,18 +46,18 @@ def test_fp16_gpu_matches_fp32_cpu(random_minilm):
 def test_documents_worker_on_gpu_matches_embedding_its_chunk_texts(random_minilm):
     """The pipeline's model stage on the GPU (tokenized once, windows embedded from their ids, batches
     streamed) gives each window the vector of its chunk text embedded on its own."""
-    import pandas as pd
+    import pyarrow as pa
 
     from mlabatch.models.registry.load import load_model
     from mlabatch.udfs.embed import Windowing, embed_documents_worker
 
     texts = list(topics.values())[:200] + [" ".join(topics.values())[:300_000]]
-    batches = [pd.DataFrame({"id": [str(i) for i in range(k, min(k + 64, len(texts)))], "text": texts[k:k + 64],
-                             "content_hash": "h", "doc_error": None}) for k in range(0, len(texts), 64)]
+    table = pa.table({"id": [str(i) for i in range(len(texts))], "text": texts, "content_hash": ["h"] * len(texts),
+                      "doc_error": pa.nulls(len(texts), pa.string())})
     reports = []
     worker = embed_documents_worker(str(random_minilm), Windowing(256, 32, 64, pool=False), device="cuda",
                                     report=reports.append)
-    rows = pd.concat(list(worker(iter(batches))), ignore_index=True)
+    rows = pa.Table.from_batches(list(worker(iter(table.to_batches(max_chunksize=64))))).to_pandas()
     good = rows[rows["error"].isna()]
     direct = load_model(random_minilm, "cuda").embed_with_counts(list(good["chunk_text"]))
     ours = np.stack(good["embedding"].to_numpy())

@@ -110,7 +110,7 @@ def test_far_too_long_document_is_cut_and_flagged(spark, make_settings, document
 def test_a_task_failing_on_its_first_attempt_is_retried_without_loss_or_duplicates(spark, make_settings, minilm_dir, documents, write_source, tmp_path):
     from typing import Iterator
 
-    import pandas as pd
+    import pyarrow as pa
     from pyspark import TaskContext
 
     from mlabatch.udfs.embed import Windowing, embed_documents_worker
@@ -119,7 +119,7 @@ def test_a_task_failing_on_its_first_attempt_is_retried_without_loss_or_duplicat
     failures.mkdir()
     real = embed_documents_worker(str(minilm_dir), Windowing(128, 16, 64, pool=False), 512, "cpu")
 
-    def flaky(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def flaky(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         context = TaskContext.get()
         for rows in real(batches):
             yield rows
@@ -180,3 +180,20 @@ def test_pool_option_writes_one_vector_per_document(spark, make_settings, embedd
         ours = np.array(rows[(doc_id, 0)]["embedding"], dtype=np.float32)
         assert float(ours @ vector) / np.linalg.norm(ours) >= 0.9999
     assert rows[("doc-null", 0)]["error"] == "text is null"
+
+
+def test_the_worker_returns_the_columns_spark_expects(spark):
+    """DOCUMENT_ROWS_ARROW (what the worker's Arrow batches hold) is DOCUMENT_ROWS_SCHEMA (what mapInArrow is told)."""
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+    from pyspark.sql.types import StructType
+
+    from mlabatch.udfs.embed import DOCUMENT_ROWS_ARROW, DOCUMENT_ROWS_SCHEMA
+
+    expected = to_arrow_schema(StructType.fromDDL(DOCUMENT_ROWS_SCHEMA))
+    assert expected.names == DOCUMENT_ROWS_ARROW.names
+    for want, got in zip(expected, DOCUMENT_ROWS_ARROW):
+        if pa.types.is_list(want.type):  # the item's field name (element / item) is not part of the data
+            assert pa.types.is_list(got.type) and got.type.value_type == want.type.value_type
+        else:
+            assert got.type == want.type, want.name

@@ -72,3 +72,20 @@ def test_encoding_on_threads_gives_what_one_call_gives(tokenizer):
     assert [e.ids for e in encode_batch(tokenizer, texts)] == [e.ids for e in tokenizer.encode_batch(texts)]
     assert [e.offsets for e in encode_batch(tokenizer, texts, False)] == \
            [e.offsets for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+
+def test_flat_windows_are_the_chunks_and_the_stream_keeps_batch_order(tokenizer):
+    texts = [LONG, "short one", "", topics["while"], "Grüße 日本語 🚀 " * 40]
+    chunker = Chunker(tokenizer, 64, 8, 5)
+    chunks = [c for text_chunks in chunker.split(texts) for c in text_chunks]
+    windows = chunker.windows(texts, chunker.encode(texts))
+    assert len(windows) == len(chunks) and windows.owner.tolist() == sorted(windows.owner.tolist())
+    assert windows.texts(texts) == [c.text for c in chunks]
+    assert windows.index.tolist() == [c.index for c in chunks]
+    assert windows.truncated.tolist() == [c.truncated for c in chunks]
+    assert windows.n_tokens.tolist() == [c.n_tokens for c in chunks]
+    assert [windows.sequences[w].tolist() for w in range(len(windows))] == [c.ids for c in chunks]
+    streamed = list(chunker.stream((k, texts[k:k + 2]) for k in range(0, len(texts), 2)))
+    assert [k for k, _ in streamed] == [0, 2, 4]
+    assert [t for k, w in streamed for t in w.texts(texts[k:k + 2])] == [c.text for c in chunks]
+    assert len(chunker.windows([], chunker.encode([]))) == 0

@@ -102,3 +102,22 @@ def test_background_stage_stops_when_its_consumer_does():
     items.close()  # the consumer gives up early
     time.sleep(0.5)
     assert threading.active_count() == before
+
+
+def test_flat_sequences_take_spans_and_pack_as_lists_did():
+    import torch
+
+    from mlabatch.models.embedding.batching import HostBatch, Sequences
+
+    lists = [[5, 6, 7], [], [8], [9, 10]]
+    sequences = Sequences.from_lists(lists)
+    assert [sequences[i].tolist() for i in range(len(sequences))] == lists
+    taken = sequences.take([3, 0, 1])
+    assert [taken[i].tolist() for i in range(3)] == [[9, 10], [5, 6, 7], []]
+    spans = Sequences.from_spans(np.arange(10), np.array([0, 2, 8]), np.array([3, 4, 0]), [101], [102, 103])
+    assert [spans[i].tolist() for i in range(3)] == [[101, 0, 1, 2, 102, 103], [101, 2, 3, 4, 5, 102, 103],
+                                                      [101, 102, 103]]
+    batch = HostBatch.pack(sequences, [3, 0], pin=False)  # ids, then rows, then cumulative lengths
+    assert batch.buffer.tolist() == [9, 10, 5, 6, 7, 3, 0, 0, 2, 5] and batch.tokens == 5 and batch.max_len == 3
+    rows, ids, layout = batch.to(torch.device("cpu"))
+    assert rows.tolist() == [3, 0] and layout.positions.tolist() == [0, 1, 0, 1, 2]

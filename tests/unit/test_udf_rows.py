@@ -2,6 +2,7 @@
 everything else, in input order, with one engine run per task."""
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from pydoc_data.topics import topics
 
@@ -10,6 +11,17 @@ from mlabatch.models.rows import generation_frames, generation_rows
 from mlabatch.udfs.embed import Windowing, embed_documents_worker, embed_texts
 
 INVISIBLE_ONLY = ["\u200b\u200c\u200d", "\u2060\ufeff", "\x00\x07\x1b", "\u00ad \u2028\u2029\t"]
+DOCUMENTS_ARROW = pa.schema([(c, pa.string()) for c in ("id", "text", "content_hash", "doc_error")])
+
+
+def as_spark_feeds(worker, frames: list[pd.DataFrame]) -> list[pd.DataFrame]:
+    """The documents worker run as mapInArrow runs it: Arrow batches of the frames in, Arrow batches out
+    (checked against DOCUMENT_ROWS_ARROW), returned as frames."""
+    from mlabatch.udfs.embed import DOCUMENT_ROWS_ARROW
+
+    out = list(worker(pa.RecordBatch.from_pandas(f, schema=DOCUMENTS_ARROW, preserve_index=False) for f in frames))
+    assert all(b.schema == DOCUMENT_ROWS_ARROW for b in out)
+    return [b.to_pandas() for b in out]
 
 
 def test_each_bad_value_gets_an_error_and_good_rows_a_vector(embedder):
@@ -52,8 +64,28 @@ def test_a_row_that_breaks_the_model_is_isolated(embedder, monkeypatch):
     from mlabatch.udfs import embed as embed_module
 
     monkeypatch.setattr(embed_module, "get_engine", lambda *args: Fragile())  # the worker's engine
-    rows, = embed_documents_worker("unused", Windowing(128, 16, 4, pool=False), device="cpu")(iter([docs]))
+    rows, = as_spark_feeds(embed_documents_worker("unused", Windowing(128, 16, 4, pool=False), device="cpu"), [docs])
     assert list(rows["error"]) == [None, "embedding failed: RuntimeError: cannot embed this"]
+    assert rows["embedding"][0] is not None and rows["embedding"][1] is None
+
+    # Pooling: a document keeps the vector of its windows that embed; one whose windows all fail gets the error.
+    docs = pd.DataFrame({"id": ["a", "b", "c"], "text": ["fine " * 300 + "poison pill", "poison pill", "fine"],
+                         "content_hash": "h", "doc_error": [None, None, None]})
+    rows, = as_spark_feeds(embed_documents_worker("unused", Windowing(128, 16, 8, pool=True), device="cpu"), [docs])
+    assert list(rows["id"]) == ["a", "b", "c"] and list(rows["chunk"]) == [0, 0, 0]
+    assert list(rows["error"]) == [None, "embedding failed: RuntimeError: cannot embed this", None]
+    assert rows["embedding"][0] is not None and rows["embedding"][1] is None and rows["embedding"][2] is not None
+    assert rows["token_count"][0] > 128 and rows["chunk_text"][0] is None and rows["chunk_text"][2] == "fine"
+
+
+def test_batches_of_nothing_to_embed_give_their_error_rows(minilm_dir):
+    empty = pd.DataFrame({"id": [], "text": [], "content_hash": [], "doc_error": []})
+    bad = pd.DataFrame({"id": ["a", "b"], "text": [None, "   "], "content_hash": "h", "doc_error": [None, None]})
+    worker = embed_documents_worker(str(minilm_dir), Windowing(128, 16, 4, pool=False), device="cpu")
+    rows = pd.concat(as_spark_feeds(worker, [empty, bad, empty]), ignore_index=True)
+    assert rows[["id", "chunk", "token_count", "error"]].values.tolist() == [
+        ["a", 0, 0, "text is null"], ["b", 0, 0, "text is empty or whitespace"]]
+    assert rows["embedding"].isna().all() and rows["chunk_text"].tolist() == [None, "   "]
 
 
 def test_unknown_model_dir_fails_with_the_fix(tmp_path):
@@ -72,7 +104,8 @@ def test_texts_that_show_nothing_are_empty_for_embedding_and_chunking(minilm_dir
 
     docs = pd.DataFrame({"id": ["a", "b"], "text": [INVISIBLE_ONLY[0], "visible"], "content_hash": ["h1", "h2"],
                          "doc_error": [None, None]})
-    rows, = embed_documents_worker(str(minilm_dir), Windowing(128, 16, 4, pool=False), device="cpu")(iter([docs]))
+    rows, = as_spark_feeds(embed_documents_worker(str(minilm_dir), Windowing(128, 16, 4, pool=False), device="cpu"),
+                           [docs])
     assert rows[["id", "chunk", "token_count", "error"]].values.tolist() == [
         ["a", 0, 0, "text is empty or whitespace"], ["b", 0, 3, None]]
 
@@ -93,8 +126,8 @@ def test_documents_worker_gives_the_rows_of_chunking_then_embedding_each_chunk_t
 
     batches = _documents()
     reports = []
-    out = list(embed_documents_worker(str(minilm_dir), Windowing(128, 16, 256, pool=False), 512, "cpu",
-                                      reports.append)(iter(batches)))
+    out = as_spark_feeds(embed_documents_worker(str(minilm_dir), Windowing(128, 16, 256, pool=False), 512, "cpu",
+                                                reports.append), batches)
     rows = pd.concat(out, ignore_index=True)  # groups of batches come out in input order
     expected = []
     for docs in batches:
@@ -117,11 +150,12 @@ def test_documents_worker_gives_the_rows_of_chunking_then_embedding_each_chunk_t
 
 
 def test_missing_values_as_any_pandas_version_gives_them(minilm_dir):
-    """pandas 3 hands Arrow's string nulls over as NaN (pd.NA with the string dtype), older pandas as None."""
+    """Missing values however a frame spells them (None, NaN, pd.NA) reach the worker as Arrow nulls."""
     for missing, dtype in ((None, object), (float("nan"), object), (pd.NA, "string")):
         docs = pd.DataFrame({"id": ["a", "b"], "text": pd.Series(["some words", missing], dtype=dtype),
                              "content_hash": "h", "doc_error": pd.Series([missing, missing], dtype=dtype)})
-        rows, = embed_documents_worker(str(minilm_dir), Windowing(128, 16, 4, pool=False), device="cpu")(iter([docs]))
+        rows, = as_spark_feeds(embed_documents_worker(str(minilm_dir), Windowing(128, 16, 4, pool=False), device="cpu"),
+                           [docs])
         assert rows["error"].iloc[0] is None and rows["token_count"].iloc[0] > 0
         assert rows["error"].iloc[1] == "text is null"
 
@@ -129,7 +163,8 @@ def test_missing_values_as_any_pandas_version_gives_them(minilm_dir):
 def test_pooling_in_the_worker_matches_embed_documents(minilm_dir, embedder):
     docs = pd.DataFrame({"id": ["long", "short"], "text": [topics["class"], "A short document."],
                          "content_hash": "h", "doc_error": [None, None]})
-    rows, = embed_documents_worker(str(minilm_dir), Windowing(128, 16, 64, pool=True), 512, "cpu")(iter([docs]))
+    rows, = as_spark_feeds(embed_documents_worker(str(minilm_dir), Windowing(128, 16, 64, pool=True), 512, "cpu"),
+                           [docs])
     expected = embedder.embed_documents(list(docs["text"]), window=128, overlap=16)
     np.testing.assert_allclose(np.stack(rows["embedding"].to_numpy()), expected.embeddings, atol=1e-5)
     assert list(rows["chunk"]) == [0, 0] and list(rows["token_count"]) == expected.token_counts
