@@ -27,7 +27,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 import psutil  # noqa: E402
 import pyarrow as pa  # noqa: E402
 from deltalake import write_deltalake  # noqa: E402
@@ -38,6 +37,7 @@ from mlabatch.jobs.embed import run_embed  # noqa: E402
 from mlabatch.models.registry.bundled import bundled_minilm_dir  # noqa: E402
 from mlabatch.models import tokenizer as tokenizer_threads  # noqa: E402
 from mlabatch.models.registry.load import load_model  # noqa: E402
+from mlabatch.udfs.embed import DOCUMENT_ROWS_ARROW  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 NODES = {"p5.48xlarge (8 GPUs, 192 vCPUs)": (8, 192), "g6e.xlarge (1 GPU, 4 vCPUs)": (1, 4)}
@@ -50,12 +50,16 @@ def cpu_seconds() -> float:
 
 
 def zero_cost_model(batches):
-    """The model stage's output shape (one window per document, a constant vector) at no cost."""
-    vector = np.zeros(384, dtype=np.float32)
+    """The model stage's output (one window per document, a constant vector) at no cost, as Arrow batches
+    of the documents worker's schema (the stage is a mapInArrow)."""
     for docs in batches:
-        yield pd.DataFrame({"id": docs["id"], "chunk": 0, "content_hash": docs["content_hash"],
-                            "chunk_text": docs["text"], "token_count": 1, "truncated": False,
-                            "embedding": [vector] * len(docs), "error": docs["doc_error"]})
+        n = docs.num_rows
+        vectors = pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * 384),
+                                           pa.array(np.zeros(n * 384, dtype=np.float32)))
+        yield pa.RecordBatch.from_arrays(
+            [docs.column("id"), pa.array(np.zeros(n, np.int32)), docs.column("content_hash"), docs.column("text"),
+             pa.array(np.ones(n, np.int32)), pa.array(np.zeros(n, bool)), vectors, docs.column("doc_error")],
+            schema=DOCUMENT_ROWS_ARROW)
 
 
 def main() -> None:
