@@ -161,6 +161,23 @@ def _lr_share(step: int, steps: int) -> float:
 
 # ---- the two kinds of student ----
 
+def _student_and_teacher(src_dir: Path, mla_dir: Path, kind: str, device: torch.device):
+    """(student, teacher, tokenizer): the converted model as written (float32, on the CPU until the loop moves
+    it), the frozen source in bf16 on GPU or float32 on CPU, and the source's tokenizer."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    mla, cfg, state = read_converted(mla_dir, kind)
+    if kind == "decoder":
+        student = MLADecoder(cfg, mla)
+        if mla.tie_word_embeddings:
+            state["lm_head.weight"] = state["embed_tokens.weight"]
+    else:
+        student = MLAEncoder(cfg, mla)
+    student.load_state_dict(state)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    teacher = (AutoModelForCausalLM if kind == "decoder" else AutoModel).from_pretrained(src_dir, dtype=dtype)
+    return student, teacher.to(device).eval(), AutoTokenizer.from_pretrained(src_dir)
+
 class _Task(Protocol):
     """What differs between decoders and encoders: teacher, student, data, loss and held-out metric."""
 
@@ -179,16 +196,7 @@ class _DecoderTask:
 
     def __init__(self, src_dir: Path, mla_dir: Path, config: HealConfig, texts: list[str], heldout: list[str],
                  device: torch.device) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        mla, cfg, state = read_converted(mla_dir, "decoder")
-        self.student = MLADecoder(cfg, mla)
-        if mla.tie_word_embeddings:
-            state["lm_head.weight"] = state["embed_tokens.weight"]
-        self.student.load_state_dict(state)
-        self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        self.teacher = AutoModelForCausalLM.from_pretrained(src_dir, dtype=self.dtype).to(device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(src_dir)
+        self.student, self.teacher, tokenizer = _student_and_teacher(src_dir, mla_dir, "decoder", device)
         self.train = _windows(tokenizer, texts, config.heal_seq_tokens)
         self.held = _windows(tokenizer, heldout, config.heal_seq_tokens)[:HELDOUT_WINDOWS]
         self.device = device
@@ -216,14 +224,7 @@ class _EncoderTask:
 
     def __init__(self, src_dir: Path, mla_dir: Path, config: HealConfig, texts: list[str], heldout: list[str],
                  device: torch.device) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
-        mla, cfg, state = read_converted(mla_dir, "encoder")
-        self.student = MLAEncoder(cfg, mla)
-        self.student.load_state_dict(state)
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        self.teacher = AutoModel.from_pretrained(src_dir, dtype=dtype).to(device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(src_dir)
+        self.student, self.teacher, self.tokenizer = _student_and_teacher(src_dir, mla_dir, "encoder", device)
         self.texts, self.held, self.length, self.device = texts, heldout, config.heal_seq_tokens, device
 
     def _pair(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
