@@ -8,7 +8,6 @@ token on the hot path; `Chunker.split` gives them as `Chunk` objects, per text.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import chain
 from typing import Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
@@ -98,9 +97,8 @@ class Chunker:
     def windows(self, texts: Sequence[str], encodings: Sequence[Encoding]) -> Windows:
         """The windows of each text, from its encoding (`encode`). Holds the GIL: reading the ids out of
         the Rust encodings is most of it; boundaries are found only in texts longer than one window."""
-        ids = [e.ids for e in encodings]  # each property read converts the whole list from Rust: read once
-        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        flat = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+        whole = Sequences.from_lists([e.ids for e in encodings])  # each .ids read converts the list from Rust
+        lengths = whole.lengths
         owner, first, last, index, truncated = [], [], [], [], []
         for doc in np.flatnonzero(lengths > self.width).tolist():
             bounds = self._bounds(encodings[doc], int(lengths[doc]))
@@ -122,8 +120,7 @@ class Chunker:
         for w in np.flatnonzero(long_windows).tolist():
             encoding = encodings[owner[w]]
             start[w], end[w] = encoding.token_to_chars(int(first[w]))[0], encoding.token_to_chars(int(last[w]) - 1)[1]
-        doc_start = np.concatenate([[0], np.cumsum(lengths)])[owner]
-        sequences = Sequences.from_spans(flat, doc_start + first, last - first, self.prefix, self.suffix)
+        sequences = Sequences.from_spans(whole.ids, whole.cu[owner] + first, last - first, self.prefix, self.suffix)
         return Windows(sequences, owner,
                        np.concatenate([np.zeros(len(short), np.int32), np.asarray(index, dtype=np.int32)])[order],
                        np.concatenate([np.zeros(len(short), bool), np.asarray(truncated, dtype=bool)])[order],
