@@ -5,6 +5,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
+#include <cudaTypedefs.h>
+
 #include "mla_params.h"
 
 // kernels/limits.py's SUPPORTED_D_V (e.g. 128,192,...), passed by kernels/build.py to this C++ compile only.
@@ -35,6 +37,31 @@ std::vector<at::Tensor> mla_metadata(const at::Tensor& seqlens, int64_t parts) {
                                            splits.data_ptr<int>(), c10::cuda::getCurrentCUDAStream()),
              "mla_metadata launch");
   return {meta, splits};
+}
+
+// k_cache [blocks, page, h_kv, d_qk] as a TMA tensor map whose box is one 64-column slab of one page
+// (64 x 64 elements, 128-byte swizzle: the layout wgmma reads).
+CUtensorMap k_cache_map(const at::Tensor& k, bool fp16) {
+  static const auto encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    check_cuda(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found),
+               "cuTensorMapEncodeTiled lookup");
+    TORCH_CHECK(found == cudaDriverEntryPointSuccess && fn != nullptr, "the CUDA driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(k.size(3)), static_cast<cuuint64_t>(k.size(1)),
+                              static_cast<cuuint64_t>(k.size(2)), static_cast<cuuint64_t>(k.size(0))};
+  const cuuint64_t strides[3] = {static_cast<cuuint64_t>(k.stride(1) * 2), static_cast<cuuint64_t>(k.stride(2) * 2),
+                                 static_cast<cuuint64_t>(k.stride(0) * 2)};
+  const cuuint32_t box[4] = {64, static_cast<cuuint32_t>(mlabatch::kPage), 1, 1};
+  const cuuint32_t step[4] = {1, 1, 1, 1};
+  CUtensorMap map{};
+  const CUresult r = encode(&map, fp16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, k.data_ptr(),
+                            dims, strides, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  TORCH_CHECK(r == CUDA_SUCCESS, "cuTensorMapEncodeTiled failed for k_cache (error ", static_cast<int>(r), ")");
+  return map;
 }
 
 // Run the decode instantiated for head_dim_v == d_v (one of DVs); false if d_v is none of them.
@@ -92,9 +119,11 @@ std::vector<at::Tensor> mla_decode(const at::Tensor& q, const at::Tensor& k_cach
   p.k_bs = k_cache.stride(0);
   p.k_rs = k_cache.stride(1);
   p.k_hs = k_cache.stride(2);
+  TORCH_CHECK(scale > 0, "softmax_scale must be positive (the kernels take row maxima before scaling), got ", scale);
   p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
   const bool fp16 = q.scalar_type() == at::kHalf;
   TORCH_CHECK(fp16 || q.scalar_type() == at::kBFloat16, "cuda backend supports bfloat16 and float16");
+  p.k_map = k_cache_map(k_cache, fp16);
   TORCH_CHECK(d_qk == d_v || d_qk == d_v + mlabatch::kDRope, "d_qk must be d_v or d_v + ", mlabatch::kDRope);
   const bool launched = run_decode<MLA_SUPPORTED_D_V>(d_v, p, static_cast<int>(d_qk), fp16, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(launched, "head_dim_v must be one of " MLA_LIST_TEXT(MLA_SUPPORTED_D_V));

@@ -1,13 +1,25 @@
-// Decode kernel for 64-row query tiles with wgmma (sm_90a): the compute-bound cases (h_q * s_q >= 64).
+// Decode kernel for 64-row query tiles with wgmma (sm_90a): every tile of more than 16 query rows
+// (h_q * s_q / h_kv > 16), padded to 64 rows as FlashMLA does. Its schedule is FlashMLA's "seesaw"
+// (docs/20250422-new-kernel-deep-dive.md there); the code is ours.
 //
-// One CTA = (scheduler part, kv head, 64 query rows), two warpgroups. Q and each 64-token page sit in
-// shared memory as 64-column slabs with the 128-byte swizzle that wgmma reads directly (cp.async fills
-// them, two page stages). Warpgroup w computes S for keys [32w, 32w+32) of the page (m64n32k16, A = Q,
-// B = K, both K-major), the two exchange row maxima and write bf16/fp16 P into a swizzled slab, and
-// warpgroup w accumulates output columns [w*DV/2, (w+1)*DV/2) in registers (m64n(DV/2)k16, A = P,
-// B = V read N-major from the same page slabs). Online softmax in the exp2 domain; epilogue as in
-// mla_decode.cuh (direct out/lse, or fp32 partials for the combine kernel).
+// One CTA = (scheduler part, kv head, 64 query rows), two warpgroups, two page buffers K0 and K1 in
+// shared memory (64-column slabs with the 128-byte swizzle wgmma reads; each slab a TMA copy with its own
+// mbarrier). Pages go in pairs: warpgroup 0 scores page a (in K0), warpgroup 1 page b (in K1), each
+// S = Q K^T over all 64 keys (m64n64). Warpgroup w owns output columns [w*DV/2, (w+1)*DV/2) in registers
+// and multiplies both pages' P with its half of V: its own page's P from registers, the other page's
+// through shared memory. The running max passes 0 -> 1 -> 0 through shared memory with the rescale
+// factors (online softmax, exp2 domain).
+//
+// The two warpgroups take turns on the tensor cores: warpgroup 0's softmax runs under warpgroup 1's S,
+// and each warpgroup issues the next pair's S while the other's P V runs. Whoever last reads a part of a
+// page buffer issues its refill (warpgroup 0: the V0 half it owns, and K1's V half it owns; warpgroup 1
+// the rest), and S waits on each slab's barrier just before its four wgmma, so S starts on the first
+// slabs while the rest are in flight. The last Q slab lives in registers (wgmma with A from registers),
+// which leaves room in shared memory for the two P tiles.
+// Epilogue as in mla_decode.cuh: out/lse directly, or fp32 partials for the combine kernel.
 #pragma once
+
+#include <type_traits>
 
 #include "mla_decode.cuh"
 #include "wgmma_ops.h"
@@ -20,53 +32,97 @@ struct WgTile {
   static constexpr int kThreads = 256;
   static constexpr int kSlabs = DQK / 64;
   static constexpr int kSlabBytes = 64 * 128;  // 64 rows x 64 elements, 128-byte swizzled rows
-  static constexpr int kTileBytes = kSlabs * kSlabBytes;  // Q tile or one page
-  static constexpr int kStages = 2;
-  static constexpr int kNHalf = DV / 2;  // output columns per warpgroup
-  static constexpr int kSmem = 1024 + (1 + kStages) * kTileBytes + kSlabBytes + 4 * 64 * 4;
+  static constexpr int kTileBytes = kSlabs * kSlabBytes;  // one page
+  static constexpr int kQBytes = (kSlabs - 1) * kSlabBytes;  // Q's last slab is in registers
+  static constexpr int kNHalf = DV / 2;                       // output columns per warpgroup
+  static constexpr int kVSlabs = kNHalf / 64;                 // slabs of each half of V
+  static constexpr int kFloats = 6 * 64;                      // running max, rescale factors, row sums (2 x 64 each)
+  static constexpr int kSmem = 1024 + kQBytes + 2 * kTileBytes + 2 * kSlabBytes + kFloats * 4 + 2 * kSlabs * 8;
   static_assert(kNHalf % 64 == 0, "each warpgroup's V columns must start on a 64-column slab");
-  static_assert(M == 64 && kPage == 64, "wgmma tiles are m64, and each warpgroup scores 32 keys of a 64-token page");
+  static_assert(M == 64 && kPage == 64, "wgmma tiles are m64, and S covers one 64-token page");
   static_assert(kSmem <= kSmemLimit, "shared memory");
 };
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
 // Orders this thread's generic-proxy shared-memory writes before later async-proxy (wgmma) reads.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-
 // Byte offset of 16-byte chunk `chunk` (0..7) of row `row` in a 128-byte-swizzled slab.
 __device__ __forceinline__ uint32_t sw128(int row, int chunk) { return row * 128 + ((chunk ^ (row & 7)) << 4); }
-
 // wgmma shared-memory descriptor with the 128-byte swizzle; lbo/sbo in bytes.
 __device__ __forceinline__ uint64_t gmma_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
   return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(lbo >> 4) << 16) |
          (static_cast<uint64_t>(sbo >> 4) << 32) | (1ull << 62);
 }
 
+// mbarriers (one per slab of each page buffer) and the TMA copy of one 64 x 64 slab of a page.
+__device__ __forceinline__ void mbar_init(uint32_t bar) { asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar)); }
+__device__ __forceinline__ void mbar_expect(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) { asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory"); }
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t phase) {
+  asm volatile(
+      "{\n .reg .pred P1;\n LAB_WAIT:\n mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n @P1 bra DONE;\n bra LAB_WAIT;\n"
+      " DONE:\n }\n" ::"r"(bar), "r"(phase) : "memory");
+}
+// Each page is read once per CTA: the copy asks L2 to evict it first (CUTLASS's EVICT_FIRST policy value).
+__device__ __forceinline__ void tma_slab(uint32_t dst, const CUtensorMap* map, uint32_t bar, int col, int head, int page) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%3, %4, %5, %6}], [%2], %7;\n"
+      ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(col), "r"(0), "r"(head), "r"(page),
+      "l"(0x12F0000000000000ull) : "memory");
+}
+
+// Named barriers between the warpgroups (0 is __syncthreads): the producer warpgroup arrives, the consumer
+// syncs (256 threads). kOwn0 + w is warpgroup w's own (128 threads).
+enum WgBarrier : int { kScale0 = 1, kScale1, kP0, kP1, kOwn0 };
+__device__ __forceinline__ void bar_arrive(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
+__device__ __forceinline__ void bar_wait(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
+__device__ __forceinline__ void bar_own(int wg) { asm volatile("bar.sync %0, 128;\n" ::"r"(kOwn0 + wg) : "memory"); }
+
 template <typename T, int DQK, int DV>
 __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_constant__ MlaParams p) {
   using TL = WgTile<DQK, DV>;
-  constexpr int NH = TL::kNHalf, SL = TL::kSlabs, S = TL::kStages;
+  constexpr int NH = TL::kNHalf, SL = TL::kSlabs, VS = TL::kVSlabs, SB = TL::kSlabBytes;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const uint32_t raw = smem_u32(smem_raw);
   const uint32_t base = (raw + 1023) & ~1023u;  // swizzle patterns repeat every 1024 bytes
   unsigned char* smem = smem_raw + (base - raw);
-  const uint32_t q_addr = base, k_addr = base + TL::kTileBytes, p_addr = base + (1 + S) * TL::kTileBytes;
-  float* red_max = reinterpret_cast<float*>(smem + (1 + S) * TL::kTileBytes + TL::kSlabBytes);
-  float* red_sum = red_max + 2 * 64;
+  // Layout: Q slabs [0, SL - 1) | K0 | K1 | P0 | P1 | floats | mbarriers.
+  const uint32_t q_addr = base;
+  auto k_addr = [&](int w) { return base + TL::kQBytes + w * TL::kTileBytes; };
+  auto p_addr = [&](int w) { return base + TL::kQBytes + 2 * TL::kTileBytes + w * SB; };
+  float* s_m = reinterpret_cast<float*>(smem + TL::kQBytes + 2 * TL::kTileBytes + 2 * SB);  // [2][64] max
+  float* s_scale = s_m + 2 * 64;                                                           // [2][64] factors
+  float* s_sum = s_scale + 2 * 64;                                                         // [2][64] row sums
+  const uint32_t bars = smem_u32(s_sum + 2 * 64);
+  auto bar_of = [&](int w, int sl) { return bars + (w * SL + sl) * 8; };
 
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int wg = warp >> 2, wl = warp & 3;
+  const int wg = warp >> 2, wl = warp & 3, wt = tid & 127, ch = tid & 7;
   const int part = blockIdx.x, h = blockIdx.y, mt = blockIdx.z;
   const int* md = p.meta + part * kMetadataSize;
   const int begin_req = md[0], begin_blk = md[1], end_req = md[2], end_blk = md[3], begin_split = md[4];
   const T* qg = static_cast<const T*>(p.q);
-  const T* kg = static_cast<const T*>(p.k);
-  int tr[2], qrow[2];
+  int tr[2], qrow[2];  // this thread's two rows of the m64 fragments, and their query rows
   tr[0] = wl * 16 + (lane >> 2);
   tr[1] = tr[0] + 8;
   qrow[0] = mt * 64 + tr[0];
   qrow[1] = mt * 64 + tr[1];
+  if (tid == 0) {
+    for (int i = 0; i < 2 * SL; ++i) mbar_init(bars + i * 8);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  // V slabs of both buffers start as zeros: the odd page of a pair past a part's end is never copied, and
+  // its P (all zero) must not meet NaN bit patterns.
+  for (int i = tid; i < 2 * (DV / 64) * 64 * 8; i += 256) {
+    const int w = i / ((DV / 64) * 512), rem = i % ((DV / 64) * 512);
+    *reinterpret_cast<uint4*>(smem + (k_addr(w) - base) + (rem / 512) * SB + (rem % 512) * 16) = make_uint4(0, 0, 0, 0);
+  }
+  fence_proxy_async();
+  __syncthreads();
+  uint32_t phase = 0;  // parity of this warpgroup's slab barriers: one completion per page in its buffer
 
   for (int req = begin_req; req <= end_req; ++req) {
     const int len = p.seqlens[req];
@@ -77,36 +133,86 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
     const int split = req == begin_req ? begin_split : 0;
     const int* bt = p.block_table + static_cast<int64_t>(req) * p.bt_stride;
 
-    // Chunks in slab-major order: thread tid always copies 16-byte chunk (tid & 7) of rows (tid >> 3) and
-    // (tid >> 3) + 32 of every slab, so all indexing is shifts and compile-time offsets.
-    const int ch = tid & 7, row_a = tid >> 3;
+    // Q slabs [0, SL - 1): thread tid copies 16-byte chunk (tid & 7) of rows (tid >> 3) and (tid >> 3) + 32.
 #pragma unroll
     for (int r2 = 0; r2 < 2; ++r2) {
-      const int row = row_a + 32 * r2, qr = mt * 64 + row;
+      const int row = (tid >> 3) + 32 * r2, qr = mt * 64 + row;
       const bool ok = qr < p.rows;
       const int i = ok ? qr / p.g : 0, j = ok ? qr % p.g : 0;
       const T* src = qg + req * p.q_bs + i * p.q_ss + (h * p.g + j) * p.q_hs + ch * 8;
       unsigned char* dst = smem + (q_addr - base) + sw128(row, ch);
 #pragma unroll
-      for (int sl = 0; sl < SL; ++sl) cp_async16(dst + sl * TL::kSlabBytes, src + sl * 64, ok ? 16 : 0);
+      for (int sl = 0; sl < SL - 1; ++sl) cp_async16(dst + sl * SB, src + sl * 64, ok ? 16 : 0);
     }
-    auto load_page = [&](int stage, int blk) {
-      const int page = bt[blk];
-      const int valid = min(kPage, len - blk * kPage);
-      const T* pg = kg + static_cast<int64_t>(page) * p.k_bs + h * p.k_hs;
-      unsigned char* dst = smem + (k_addr - base) + stage * TL::kTileBytes;
+    cp_async_commit();
+    // Q's last slab as wgmma A fragments (k16 step kk: rows tr[0], tr[1]; columns c, c + 1 and c + 8, c + 9).
+    uint32_t q_last[4][4];
 #pragma unroll
-      for (int r2 = 0; r2 < 2; ++r2) {
-        const int row = row_a + 32 * r2;
-        const bool ok = row < valid;
-        const T* src = pg + (ok ? row : 0) * p.k_rs + ch * 8;
-        unsigned char* d = dst + sw128(row, ch);
+    for (int e = 0; e < 2; ++e) {
+      const bool ok = qrow[e] < p.rows;
+      const int i = ok ? qrow[e] / p.g : 0, j = ok ? qrow[e] % p.g : 0;
+      const T* src = qg + req * p.q_bs + i * p.q_ss + (h * p.g + j) * p.q_hs + (SL - 1) * 64 + (lane & 3) * 2;
 #pragma unroll
-        for (int sl = 0; sl < SL; ++sl) cp_async16(d + sl * TL::kSlabBytes, src + sl * 64, ok ? 16 : 0);
+      for (int kk = 0; kk < 4; ++kk) {
+        q_last[kk][e] = ok ? *reinterpret_cast<const uint32_t*>(src + kk * 16) : 0u;
+        q_last[kk][e + 2] = ok ? *reinterpret_cast<const uint32_t*>(src + kk * 16 + 8) : 0u;
+      }
+    }
+
+    // The cache page of block `blk`, or -1 past the part's last (the odd page of a pair).
+    auto page_of = [&](int blk) { return blk < last ? bt[blk] : -1; };
+    // Slabs [lo, hi) of cache page `page` into buffer w, one TMA copy per slab by one thread of the calling
+    // warpgroup. Page -1 is not copied: its barriers complete at once, its scores are masked, its P is zero.
+    auto load_to = [&](int w, int page, int lo, int hi) {
+      if (wt != 0) return;
+      for (int sl = lo; sl < hi; ++sl) {
+        if (page >= 0) {
+          mbar_expect(bar_of(w, sl), SB);
+          tma_slab(k_addr(w) + sl * SB, &p.k_map, bar_of(w, sl), sl * 64, h, page);
+        } else {
+          mbar_arrive(bar_of(w, sl));
+        }
       }
     };
-    if (n > 0) load_page(0, first);
-    cp_async_commit();
+    float s[32];  // this warpgroup's page scores (m64n64 accumulator), then its P
+    const uint64_t dq = gmma_desc(q_addr, 16, 1024), dk = gmma_desc(k_addr(wg), 16, 1024);
+    // S += Q K^T over slab sl of this warpgroup's page, as soon as its copy has landed: one commit group.
+    // `first_slab`: the page's first slab in issue order (its first k step overwrites S).
+    auto score_slab = [&](int sl, bool first_slab) {
+      mbar_wait(bar_of(wg, sl), phase);
+      wgmma_fence();
+      fence_regs(s);
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        const uint64_t off = (sl * SB + kk * 32) >> 4;
+        if (sl < SL - 1)
+          Wgmma<T, 64, 0>::run(s, dq + off, dk + off, !(first_slab && kk == 0));
+        else
+          WgmmaRS<T, 64, 0>::run(s, q_last[kk], dk + off, !(first_slab && kk == 0));
+      }
+      wgmma_commit();
+      fence_regs(s);
+    };
+    // Warpgroup 1 scores its own V half and the RoPE slab first (it issued those copies itself), then
+    // warpgroup 0's.
+    auto score_page_wg1 = [&]() {
+#pragma unroll
+      for (int i = 0; i < SL; ++i) score_slab((i + VS) % SL, i == 0);
+      phase ^= 1;
+    };
+    // Zero V rows [valid, kPage) of the V half `half` of buffer w (TMA copied whole pages; P is 0 there and
+    // the cache may hold NaN), for this warpgroup's next wgmma.
+    auto zero_tail = [&](int w, int half, int blk) {
+      const int valid = len - blk * kPage;
+      if (blk >= last || valid >= kPage) return;
+      for (int i = wt; i < (kPage - valid) * 8 * VS; i += 128) {
+        const int row = valid + i / (8 * VS), rem = i % (8 * VS);
+        *reinterpret_cast<uint4*>(smem + (k_addr(w) - base) + (half * VS + rem / 8) * SB + sw128(row, rem % 8)) =
+            make_uint4(0, 0, 0, 0);
+      }
+      fence_proxy_async();
+      bar_own(wg);
+    };
 
     int lim[2];
 #pragma unroll
@@ -117,112 +223,228 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
     float o[NH / 2];
 #pragma unroll
     for (int t = 0; t < NH / 2; ++t) o[t] = 0.f;
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    float m_run[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
-    for (int it = 0; it < n; ++it) {
-      cp_async_wait<0>();
-      fence_proxy_async();  // cp.async writes -> visible to wgmma (async proxy)
-      __syncthreads();
-      const uint32_t kb = k_addr + (it % S) * TL::kTileBytes;
-      const int blk = first + it;
-
-      float sc[16];
+    // Prologue: page first + w into buffer w, Q visible to both warpgroups, S of the first pair.
+    if (n > 0) load_to(wg, page_of(first + wg), 0, SL);
+    cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();
+    if (n > 0) {
+      if (wg == 0) {
 #pragma unroll
-      for (int t = 0; t < 16; ++t) sc[t] = 0.f;
-      wgmma_fence();
-      fence_regs(sc);
-      // Descriptors advance by adding (byte offset >> 4) to the start-address field.
-      const uint64_t dq = gmma_desc(q_addr, 16, 1024), dk = gmma_desc(kb + wg * 32 * 128, 16, 1024);
-#pragma unroll
-      for (int s = 0; s < SL; ++s)
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-          const uint64_t off = (s * TL::kSlabBytes + kk * 32) >> 4;
-          Wgmma<T, 32, 0>::run(sc, dq + off, dk + off, s | kk);
-        }
-      wgmma_commit();
-      // Next page's copies are issued while the tensor cores work on S; its buffer was last read by the
-      // previous page's P V, which both warpgroups waited for before the barrier above.
-      if (it + 1 < n) load_page((it + 1) % S, first + it + 1);
-      cp_async_commit();
+        for (int sl = 0; sl < SL; ++sl) score_slab(sl, sl == 0);
+        phase ^= 1;
+      } else {
+        score_page_wg1();
+      }
       wgmma_wait<0>();
-      fence_regs(sc);
+      fence_regs(s);
+    }
 
-      float mx[2] = {-INFINITY, -INFINITY};
+    const uint64_t dv_half0 = gmma_desc(k_addr(0) + wg * VS * SB, SB, 1024);  // this warpgroup's V half of K0
+    const uint64_t dv_half1 = gmma_desc(k_addr(1) + wg * VS * SB, SB, 1024);  // and of K1
+    // O += P V over 64 keys of one buffer's V half: P from registers (this warpgroup's page) ...
+    auto pv_local = [&](const uint32_t (&a)[4][4], uint64_t dv) {
+      wgmma_fence();
+      fence_regs(o);
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
+      for (int kk = 0; kk < 4; ++kk) WgmmaRS<T, NH, 1>::run(o, a[kk], dv + ((kk * 16 * 128) >> 4), 1);
+      wgmma_commit();
+      fence_regs(o);
+    };
+    // ... or from the other warpgroup's P tile in shared memory.
+    auto pv_remote = [&](int w, uint64_t dv) {
+      const uint64_t dp = gmma_desc(p_addr(w), 16, 1024);
+      wgmma_fence();
+      fence_regs(o);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = blk * kPage + wg * 32 + j * 8 + (lane & 3) * 2 + (e & 1);
-          const float x = key < lim[e >> 1] ? sc[4 * j + e] * p.scale_log2 : -INFINITY;
-          sc[4 * j + e] = x;
-          mx[e >> 1] = fmaxf(mx[e >> 1], x);
+      for (int kk = 0; kk < 4; ++kk) Wgmma<T, NH, 1>::run(o, dp + ((kk * 32) >> 4), dv + ((kk * 16 * 128) >> 4), 1);
+      wgmma_commit();
+      fence_regs(o);
+    };
+    // This warpgroup's P (rows scaled by f[e]) into its P tile, visible to the other warpgroup's wgmma.
+    auto store_p = [&](const float (&f)[2]) {
+#pragma unroll
+      for (int t = 0; t < 8; ++t)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int key = t * 8 + (lane & 3) * 2;
+          *reinterpret_cast<uint32_t*>(smem + (p_addr(wg) - base) + sw128(tr[e], key >> 3) + (key & 7) * 2) =
+              Pack<T>::two(s[4 * t + 2 * e] * f[e], s[4 * t + 2 * e + 1] * f[e]);
         }
+      fence_proxy_async();
+    };
+    // O and l times a factor per row; O is left alone when no row max of the warp moved (the common case).
+    auto scale_o = [&](const float (&f)[2]) {
+      l[0] *= f[0];
+      l[1] *= f[1];
+      if (!__any_sync(0xffffffff, f[0] != 1.f || f[1] != 1.f)) return;
+#pragma unroll
+      for (int t = 0; t < NH / 8; ++t) {
+        o[4 * t] *= f[0];
+        o[4 * t + 1] *= f[0];
+        o[4 * t + 2] *= f[1];
+        o[4 * t + 3] *= f[1];
+      }
+    };
+    // Row maxima of this warpgroup's page `blk` in the exp2 domain (scale_log2 > 0, so the max of the raw
+    // scores is taken first). Keys past the part, the sequence or the causal limit become -inf, checked
+    // only where a warp's page has such keys.
+    auto mask_rowmax = [&](int blk, float (&mx)[2]) {
+      const int end = blk * kPage + kPage;
+      const bool whole = blk < last && end <= lim[0] && end <= lim[1];
+      if (!__all_sync(0xffffffff, whole)) {
+#pragma unroll
+        for (int t = 0; t < 8; ++t)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int key = blk * kPage + t * 8 + (lane & 3) * 2 + (e & 1);
+            if (!(blk < last && key < lim[e >> 1])) s[4 * t + e] = -INFINITY;
+          }
+      }
+      mx[0] = mx[1] = -INFINITY;
+#pragma unroll
+      for (int t = 0; t < 32; ++t) mx[(t >> 1) & 1] = fmaxf(mx[(t >> 1) & 1], s[t]);
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         mx[e] = fmaxf(mx[e], __shfl_xor_sync(0xffffffff, mx[e], 1));
         mx[e] = fmaxf(mx[e], __shfl_xor_sync(0xffffffff, mx[e], 2));
-        if ((lane & 3) == 0) red_max[wg * 64 + tr[e]] = mx[e];
+        mx[e] *= p.scale_log2;
       }
-      __syncthreads();
-      float alpha[2], m_use[2];
+    };
+    // P = exp2(S * scale_log2 - max) against the new running max (m_run -> max(m_run, mx)); publishes the
+    // new max and the factor exp2(old - new) for the other warpgroup; gives that factor and P's row sums.
+    auto softmax = [&](const float (&mx)[2], float (&factor)[2], float (&rowsum)[2]) {
+      float m_use[2];
+      rowsum[0] = rowsum[1] = 0.f;
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        const float mn = fmaxf(m[e], fmaxf(red_max[tr[e]], red_max[64 + tr[e]]));
-        m_use[e] = mn == -INFINITY ? 0.f : mn;
-        alpha[e] = exp2f(m[e] - m_use[e]);
-        m[e] = mn;
-        l[e] *= alpha[e];
-      }
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int e2 = 0; e2 < 2; ++e2) {
-          const float p0 = exp2f(sc[4 * j + 2 * e2] - m_use[e2]);
-          const float p1 = exp2f(sc[4 * j + 2 * e2 + 1] - m_use[e2]);
-          l[e2] += p0 + p1;
-          const int key = wg * 32 + j * 8 + (lane & 3) * 2;
-          *reinterpret_cast<uint32_t*>(smem + (p_addr - base) + sw128(tr[e2], key >> 3) + (key & 7) * 2) =
-              Pack<T>::two(p0, p1);
-        }
-      if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) {  // skip when no row max moved
-#pragma unroll
-        for (int t = 0; t < NH / 8; ++t) {
-          o[4 * t] *= alpha[0];
-          o[4 * t + 1] *= alpha[0];
-          o[4 * t + 2] *= alpha[1];
-          o[4 * t + 3] *= alpha[1];
+        const float m_new = fmaxf(m_run[e], mx[e]);
+        m_use[e] = m_new == -INFINITY ? 0.f : m_new;
+        factor[e] = exp2f(m_run[e] - m_use[e]);
+        m_run[e] = m_new;
+        if ((lane & 3) == 0) {
+          s_m[wg * 64 + tr[e]] = m_new;
+          s_scale[wg * 64 + tr[e]] = factor[e];
         }
       }
-      fence_proxy_async();  // P stores -> visible to wgmma
-      __syncthreads();
-      wgmma_fence();
-      fence_regs(o);
-      const uint64_t dp = gmma_desc(p_addr, 16, 1024);
-      const uint64_t dv = gmma_desc(kb + (wg * NH / 64) * TL::kSlabBytes, TL::kSlabBytes, 1024);
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) Wgmma<T, NH, 1>::run(o, dp + ((kk * 32) >> 4), dv + ((kk * 16 * 128) >> 4), 1);
-      wgmma_commit();
+      for (int t = 0; t < 32; ++t) {
+        s[t] = exp2f(fmaf(s[t], p.scale_log2, -m_use[(t >> 1) & 1]));
+        rowsum[(t >> 1) & 1] += s[t];
+      }
+    };
+    // P in the A-fragment layout (FA3): k16 step kk takes n8 blocks 2kk and 2kk + 1.
+    auto pack_p = [&](uint32_t (&a)[4][4]) {
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) a[kk][r] = Pack<T>::two(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+    };
+
+    // One pair (page a = first + pa in K0, page b = a + 1 in K1), both scored on entry. LAST: no pair
+    // follows, so nothing is refilled and no S is issued.
+    auto pair = [&](int pa, auto last_pair) {
+      constexpr bool LAST = decltype(last_pair)::value;
+      const int blk_a = first + pa, blk_b = blk_a + 1;
+      // The next pair's pages, read now so the block-table latency is not in front of their copies.
+      const int next_a = LAST ? -1 : page_of(blk_a + 2), next_b = LAST ? -1 : page_of(blk_b + 2);
+      uint32_t a[4][4];
+      if (wg == 0) {
+        float mx[2], f0[2], rowsum[2];
+        mask_rowmax(blk_a, mx);
+        softmax(mx, f0, rowsum);
+        scale_o(f0);
+        l[0] += rowsum[0];
+        l[1] += rowsum[1];
+        bar_arrive(kScale0);
+        pack_p(a);
+        zero_tail(0, 0, blk_a);
+        pv_local(a, dv_half0);
+        wgmma_wait<0>();
+        fence_regs(o);
+        bar_wait(kScale1);  // warpgroup 1's max and the factor from page a's max to it
+        float f1[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          f1[e] = s_scale[64 + tr[e]];
+          m_run[e] = s_m[64 + tr[e]];
+        }
+        if constexpr (!LAST) load_to(0, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it
+        store_p(f1);  // P of page a under page b's max, for warpgroup 1
+        bar_arrive(kP0);
+        zero_tail(1, 0, blk_b);
+        bar_wait(kP1);  // warpgroup 1 issued both its P V and stored P of page b
+        scale_o(f1);
+        pv_remote(1, dv_half1);
+        if constexpr (!LAST) {
+#pragma unroll
+          for (int sl = 0; sl < VS; ++sl) score_slab(sl, sl == 0);
+          wgmma_wait<VS>();  // P V of page b done: K1's V half 0 is free
+          load_to(1, next_b, 0, VS);
+#pragma unroll
+          for (int sl = VS; sl < SL; ++sl) score_slab(sl, false);
+          phase ^= 1;
+        }
+      } else {
+        bar_wait(kScale0);  // page a's max and the factor to it
+        float f0[2], mx[2], f1[2], rowsum[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          f0[e] = s_scale[tr[e]];
+          m_run[e] = s_m[tr[e]];
+        }
+        mask_rowmax(blk_b, mx);
+        softmax(mx, f1, rowsum);
+        const float f[2] = {f0[0] * f1[0], f0[1] * f1[1]};  // O and l were last scaled to the max before page a
+        scale_o(f);
+        l[0] += rowsum[0];
+        l[1] += rowsum[1];
+        bar_arrive(kScale1);
+        const float one[2] = {1.f, 1.f};
+        store_p(one);
+        pack_p(a);
+        zero_tail(1, 1, blk_b);
+        zero_tail(0, 1, blk_a);
+        pv_local(a, dv_half1);
+        bar_wait(kP0);  // P of page a
+        pv_remote(0, dv_half0);
+        bar_arrive(kP1);
+        if constexpr (!LAST) {
+          wgmma_wait<1>();  // P V of page b done: the rest of K1 is free
+          load_to(1, next_b, VS, SL);
+          wgmma_wait<0>();  // P V of page a done: the rest of K0 is free
+          load_to(0, next_a, VS, SL);
+          score_page_wg1();
+        }
+      }
       wgmma_wait<0>();
+      fence_regs(s);
       fence_regs(o);
+    };
+    for (int pa = 0; pa < n; pa += 2) {
+      if (pa + 2 < n)
+        pair(pa, std::false_type{});
+      else
+        pair(pa, std::true_type{});
     }
-    cp_async_wait<0>();
 
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       l[e] += __shfl_xor_sync(0xffffffff, l[e], 1);
       l[e] += __shfl_xor_sync(0xffffffff, l[e], 2);
-      if ((lane & 3) == 0) red_sum[wg * 64 + tr[e]] = l[e];
+      if ((lane & 3) == 0) s_sum[wg * 64 + tr[e]] = l[e];
     }
     __syncthreads();
     const int n_split = p.num_splits[req + 1] - p.num_splits[req];
     const int slot = p.num_splits[req] + split;
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      const float lt = red_sum[tr[e]] + red_sum[64 + tr[e]];
+      const float lt = s_sum[tr[e]] + s_sum[64 + tr[e]];
       const bool empty = !(lt > 0.f);
       const float inv = empty ? 0.f : 1.f / lt;
-      const float lse_v = empty ? (n_split == 1 ? INFINITY : -INFINITY) : (m[e] + __log2f(lt)) * 0.69314718055994531f;
+      const float lse_v = empty ? (n_split == 1 ? INFINITY : -INFINITY) : (m_run[e] + __log2f(lt)) * 0.69314718055994531f;
       if (qrow[e] >= p.rows) continue;
       const int i = qrow[e] / p.g, hq = h * p.g + qrow[e] % p.g;
       const int col0 = wg * NH + (lane & 3) * 2;
@@ -241,7 +463,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
         if (wg == 0 && (lane & 3) == 0) p.lse_acc[row_id] = lse_v;
       }
     }
-    __syncthreads();  // Q, P and the reductions are reused by the next request of this part
+    __syncthreads();  // Q, the page buffers, P and the sums are reused by the next request of this part
   }
 }
 

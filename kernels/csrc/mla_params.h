@@ -1,6 +1,7 @@
 // Kernel parameters shared by the host bindings (mla_api.cpp) and the CUDA sources; no device code here.
 #pragma once
 
+#include <cuda.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 
@@ -9,6 +10,7 @@
 namespace mlabatch {
 
 struct MlaParams {
+  CUtensorMap k_map;      // k_cache as [blocks, page, h_kv, d_qk] for TMA: 64 x 64 boxes, 128-byte swizzle
   const void* q;
   const void* k;
   const int* block_table;
