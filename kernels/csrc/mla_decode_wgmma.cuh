@@ -100,7 +100,9 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
 
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int wg = warp >> 2, wl = warp & 3, wt = tid & 127, ch = tid & 7;
+  // The warpgroup index through a shuffle, so the compiler knows it is warp-uniform and keeps the wgmma
+  // descriptors built from it in uniform registers (as CUTLASS's canonical_warp_group_idx does).
+  const int wg = __shfl_sync(0xffffffff, tid / 128, 0), wl = warp & 3, wt = tid & 127, ch = tid & 7;
   const int part = blockIdx.x, h = blockIdx.y, mt = blockIdx.z;
   const int* md = p.meta + part * kMetadataSize;
   const int begin_req = md[0], begin_blk = md[1], end_req = md[2], end_blk = md[3], begin_split = md[4];
