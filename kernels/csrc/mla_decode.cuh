@@ -350,20 +350,30 @@ __global__ void __launch_bounds__(128) mla_combine_kernel(const __grid_constant_
   const float lse = empty ? INFINITY : mx + __logf(sum);
   const int i = qrow / p.g, hq = h * p.g + qrow % p.g;
   T* dst = static_cast<T*>(p.out) + ((static_cast<int64_t>(req) * p.s_q + i) * p.h_q + hq) * DV;
-  for (int c = lane * 4; c < DV; c += 128) {
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (!empty) {
-      for (int s = 0; s < n; ++s) {
-        const float w = __expf(p.lse_acc[row_id(s)] - lse);
-        const float4 v = *reinterpret_cast<const float4*>(p.o_acc + row_id(s) * DV + c);
-        acc.x += w * v.x;
-        acc.y += w * v.y;
-        acc.z += w * v.z;
-        acc.w += w * v.w;
-      }
+  // Lane l owns columns 4l + 128k: all of a piece's loads for this row are issued before they are summed.
+  constexpr int kChunks = (DV + 127) / 128;
+  float4 acc[kChunks];
+#pragma unroll
+  for (int k = 0; k < kChunks; ++k) acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 2
+  for (int s = 0; s < n && !empty; ++s) {
+    const float w = __expf(p.lse_acc[row_id(s)] - lse);
+    const float* src = p.o_acc + row_id(s) * DV;
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      const int c = lane * 4 + k * 128;
+      if (c >= DV) continue;
+      const float4 v = *reinterpret_cast<const float4*>(src + c);
+      acc[k].x += w * v.x;
+      acc[k].y += w * v.y;
+      acc[k].z += w * v.z;
+      acc[k].w += w * v.w;
     }
-    uint2 packed = make_uint2(Pack<T>::two(acc.x, acc.y), Pack<T>::two(acc.z, acc.w));
-    *reinterpret_cast<uint2*>(dst + c) = packed;
+  }
+#pragma unroll
+  for (int k = 0; k < kChunks; ++k) {
+    const int c = lane * 4 + k * 128;
+    if (c < DV) *reinterpret_cast<uint2*>(dst + c) = make_uint2(Pack<T>::two(acc[k].x, acc[k].y), Pack<T>::two(acc[k].z, acc[k].w));
   }
   if (lane == 0) p.lse[(static_cast<int64_t>(req) * p.h_q + hq) * p.s_q + i] = lse;
 }
