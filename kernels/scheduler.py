@@ -3,8 +3,11 @@
 Every sequence costs ceil(len/PAGE_SIZE) blocks plus a fixed overhead; the costs are laid on one line and cut
 into `num_sm_parts` equal spans, so a long sequence can be split across consecutive parts (its pieces
 are merged by the combine step). Pure tensor ops on the device of `cache_seqlens`: no host sync, so
-the same schedule can be computed inside a captured CUDA graph. `csrc/mla_metadata.cu` is the
-one-launch GPU version of exactly this function.
+the same schedule can be computed inside a captured CUDA graph. This serves the torch backend and batches
+beyond GPU_SCHED_MAX_BATCH. The cuda backend schedules with `csrc/mla_metadata.cu` instead: FlashMLA's
+sequential packing, which splits a sequence only where it does not fit (a batch of equal lengths splits
+nothing, so no partials are written or combined), and which tensor ops cannot express. Any valid
+schedule is correct for every kernel.
 """
 
 from __future__ import annotations

@@ -104,3 +104,34 @@ def same_nonfinite(x: torch.Tensor, y: torch.Tensor) -> bool:
         and torch.equal(torch.isposinf(x), torch.isposinf(y))
         and torch.equal(torch.isneginf(x), torch.isneginf(y))
     )
+
+
+def packed_schedule(lens: list[int], parts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """FlashMLA's packing as csrc/mla_metadata.cu computes it on the GPU, written plainly: (metadata, num_splits).
+
+    Each part gets ceil(total cost / parts) + FIXED_OVERHEAD and takes requests in order while the rest of the
+    next one fits; otherwise it takes what fits of it (a split), paying the overhead again in the next part.
+    """
+    from mlabatch.kernels.limits import FIXED_OVERHEAD, METADATA_SIZE
+
+    pages = [(n + PAGE_SIZE - 1) // PAGE_SIZE for n in lens]
+    payload = -(-sum(n + FIXED_OVERHEAD for n in pages) // parts) + FIXED_OVERHEAD
+    req = blk = split = pieces = 0
+    meta, splits = [], [0] * (len(lens) + 1)
+    for p in range(parts):
+        row = [req, blk, 0, 0, split] + [0] * (METADATA_SIZE - 5)
+        remain = float("inf") if p == parts - 1 else payload
+        while req < len(lens):
+            left = pages[req] - blk
+            if remain >= left + FIXED_OVERHEAD:
+                remain -= left + FIXED_OVERHEAD
+                pieces += split + 1
+                splits[req + 1] = pieces
+                req, blk, split = req + 1, 0, 0
+            else:
+                if remain > FIXED_OVERHEAD:
+                    blk, split = blk + int(remain - FIXED_OVERHEAD), split + 1
+                break
+        row[2], row[3] = (req, blk) if blk > 0 else (req - 1, pages[req - 1] if req > 0 else 0)
+        meta.append(row)
+    return torch.tensor(meta, dtype=torch.int32), torch.tensor(splits, dtype=torch.int32)

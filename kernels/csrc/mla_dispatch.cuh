@@ -17,21 +17,23 @@ inline int num_sms() {
   return n;
 }
 
-// Row tiles: tiles of more than 16 rows run the wgmma kernel with kQTileRows (FlashMLA's 64) rows, padded
-// (32 rows on mma.sync ran at 0.75x of the padded wgmma tile on an H200), where each warpgroup's half of
-// d_v starts on a 64-column slab (d_v 192 stays on mma.sync: 32- or 64-row tiles). Tiles of up to
-// kTwoCtaMaxRows rows of narrow heads run two CTAs per SM when the schedule has more parts than SMs.
+// Row tiles: the 64-row wgmma kernel (FlashMLA's tile, padded) takes every tile whose d_v halves start on
+// 64-column slabs (not d_v 192), except tiles of up to 16 rows of narrow heads (d_qk <= kTwoCtaMaxDqk):
+// those run the 16-row mma.sync kernel, two CTAs per SM when the schedule has more parts than SMs
+// (H200: 256 x h_q=9 at 320/256 56 us there against 65 us padded; 576/512 at h_q=16 175 us padded against
+// 181 us on mma.sync). d_v 192 runs mma.sync with 16-, 32- or 64-row tiles.
 template <typename T, int DQK, int DV>
 void launch_rows(const MlaParams& p, cudaStream_t stream) {
   static_assert(kTwoCtaMaxRows == 16 && kQTileRows == 64, "16-row mma.sync tiles, then 64-row tiles");
+  const bool narrow_rows = p.rows <= kTwoCtaMaxRows;
   if constexpr (DQK <= kTwoCtaMaxDqk) {
-    if (p.rows <= kTwoCtaMaxRows && p.num_parts * p.h_kv > num_sms())
-      return launch_decode<T, DQK, DV, kTwoCtaMaxRows / 16, 2>(p, stream);
+    if (narrow_rows && p.num_parts * p.h_kv > num_sms()) return launch_decode<T, DQK, DV, kTwoCtaMaxRows / 16, 2>(p, stream);
   }
-  if (p.rows <= 16)
+  if constexpr ((DV / 2) % 64 == 0) {
+    if (!narrow_rows || DQK > kTwoCtaMaxDqk) return launch_decode_wgmma<T, DQK, DV>(p, stream);
+  }
+  if (narrow_rows)
     launch_decode<T, DQK, DV, 1, 1>(p, stream);
-  else if constexpr ((DV / 2) % 64 == 0)
-    launch_decode_wgmma<T, DQK, DV>(p, stream);
   else if (p.rows <= 32)
     launch_decode<T, DQK, DV, 2, 1>(p, stream);
   else

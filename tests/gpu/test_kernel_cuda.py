@@ -12,7 +12,7 @@ from mlabatch.kernels.build import load_extension
 from mlabatch.kernels.scheduler import num_sm_parts, schedule
 from mlabatch.kernels.validate import SUPPORTED_DIMS
 
-from kernel_oracle import cos_diff, make_case, same_nonfinite
+from kernel_oracle import cos_diff, make_case, packed_schedule, same_nonfinite
 
 pytestmark = pytest.mark.gpu
 
@@ -45,9 +45,9 @@ def _lens(b: int, s_k: int, varlen: bool, gen: torch.Generator) -> list[int]:
     return [max(int(torch.normal(float(s_k), s_k / 2, (1,), generator=gen)), 1) for _ in range(b)]
 
 
-def _compare(case, d_v: int, causal: bool, hint: bool = True) -> None:
+def _compare(case, d_v: int, causal: bool, hint: bool = True, metadata=None) -> None:
     s_q, h_q, h_kv, d_qk = case.q.shape[1], case.q.shape[2], case.k_cache.shape[2], case.q.shape[3]
-    meta, splits = get_mla_metadata(case.cache_seqlens, s_q * h_q // h_kv, h_kv, head_dim_qk=d_qk if hint else 576)
+    meta, splits = metadata or get_mla_metadata(case.cache_seqlens, s_q * h_q // h_kv, h_kv, head_dim_qk=d_qk if hint else 576)
     out, lse = flash_mla_with_kvcache(case.q, case.k_cache, case.block_table, case.cache_seqlens, d_v, meta, splits,
                                       causal=causal, backend="cuda")
     ref_out, ref_lse = flash_mla_with_kvcache(case.q, case.k_cache, case.block_table, case.cache_seqlens, d_v, meta,
@@ -91,16 +91,22 @@ def test_zero_length_and_empty_causal_rows():
 
 
 @pytest.mark.parametrize("b,h_q,d_qk", [(1, 16, 576), (37, 128, 576), (500, 12, 320), (3000, 16, 576), (64, 9, 128)])
-def test_gpu_scheduler_matches_torch(b, h_q, d_qk):
+def test_gpu_scheduler_is_flashmla_packing(b, h_q, d_qk):
     seed = b
     gen = torch.Generator().manual_seed(seed)
     lens = torch.randint(0, 9000, (b,), generator=gen, dtype=torch.int32)
     lens[::7] = 0
-    lens = lens.cuda()
-    meta, splits = get_mla_metadata(lens, h_q, 1, head_dim_qk=d_qk)
+    meta, splits = get_mla_metadata(lens.cuda(), h_q, 1, head_dim_qk=d_qk)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    ref_meta, ref_splits = schedule(lens, num_sm_parts(sms, h_q, 1, d_qk))
-    assert torch.equal(meta, ref_meta) and torch.equal(splits, ref_splits)
+    ref_meta, ref_splits = packed_schedule(lens.tolist(), num_sm_parts(sms, h_q, 1, d_qk))
+    assert torch.equal(meta.cpu(), ref_meta) and torch.equal(splits.cpu(), ref_splits)
+
+
+def test_decode_on_the_equal_span_schedule():
+    """The torch-side scheduler (used beyond the GPU scheduler's batch limit) also drives the cuda kernels."""
+    for h_q in (16, 128):
+        case = make_case([0, 3000, 64, 4097, 1, 700], 1, h_q, 1, 576, torch.bfloat16, "cuda", seed=h_q)
+        _compare(case, 512, causal=True, metadata=schedule(case.cache_seqlens, 5))
 
 
 def test_cuda_graph_capture_and_replay():

@@ -8,6 +8,8 @@ import torch
 from mlabatch.kernels import get_mla_metadata
 from mlabatch.kernels.scheduler import num_sm_parts, schedule
 
+from kernel_oracle import packed_schedule
+
 
 def pieces(meta: torch.Tensor, lens: torch.Tensor) -> list[tuple[int, int, int, int, int]]:
     """Expand metadata into (part, request, split index, first block, end block) like the kernel does."""
@@ -21,14 +23,18 @@ def pieces(meta: torch.Tensor, lens: torch.Tensor) -> list[tuple[int, int, int, 
     return out
 
 
+SCHEDULERS = {"equal-spans": schedule, "packed (the GPU's)": lambda lens, parts: packed_schedule(lens.tolist(), parts)}
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS.values(), ids=SCHEDULERS.keys())
 @pytest.mark.parametrize("parts", [1, 2, 7, 33, 132])
 @pytest.mark.parametrize("seed", range(4))
-def test_every_block_exactly_once(parts, seed):
+def test_every_block_exactly_once(scheduler, parts, seed):
     gen = torch.Generator().manual_seed(seed)
     b = int(torch.randint(1, 40, (1,), generator=gen))
     lens = torch.randint(0, 3000, (b,), generator=gen, dtype=torch.int32)
     lens[torch.rand(b, generator=gen) < 0.2] = 0
-    meta, splits = schedule(lens, parts)
+    meta, splits = scheduler(lens, parts)
     assert meta.shape == (parts, 8) and meta.dtype == torch.int32
     assert splits.shape == (b + 1,) and splits.dtype == torch.int32
     covered = {r: [] for r in range(b)}
@@ -57,6 +63,14 @@ def test_balanced_parts_and_long_sequence_split():
     for p, _, _, first, end in pieces(meta, lens):
         per_part[p] = per_part.get(p, 0) + end - first
     assert max(per_part.values()) <= -(-(1010 + 11 * 5) // 8)
+
+
+@pytest.mark.parametrize("b,length,parts", [(128, 4096, 66), (128, 4096, 132), (256, 1024, 132), (7, 100, 3)])
+def test_packing_splits_nothing_when_same_length_requests_fit(b, length, parts):
+    """FlashMLA's packing gives whole requests to parts when they divide evenly enough (the combine step idles)."""
+    meta, splits = packed_schedule([length] * b, parts)
+    assert splits.tolist() == list(range(b + 1))
+    assert all(end_blk == (length + 63) // 64 for end_blk in meta[:, 3].tolist() if end_blk)
 
 
 def test_num_sm_parts_formula():
