@@ -27,17 +27,20 @@ void launch_rows(const MlaParams& p, cudaStream_t stream) {
   static_assert(kTwoCtaMaxRows == 16 && kQTileRows == 64, "16-row mma.sync tiles, then 64-row tiles");
   const bool narrow_rows = p.rows <= kTwoCtaMaxRows;
   if constexpr (DQK <= kTwoCtaMaxDqk) {
-    if (narrow_rows && p.num_parts * p.h_kv > num_sms()) return launch_decode<T, DQK, DV, kTwoCtaMaxRows / 16, 2>(p, stream);
+    if (narrow_rows && p.num_parts * p.h_kv > num_sms()) return launch_decode<T, DQK, DV, 1, 2>(p, stream);
   }
   if constexpr ((DV / 2) % 64 == 0) {
-    if (!narrow_rows || DQK > kTwoCtaMaxDqk) return launch_decode_wgmma<T, DQK, DV>(p, stream);
-  }
-  if (narrow_rows)
+    if constexpr (DQK <= kTwoCtaMaxDqk) {
+      if (narrow_rows) return launch_decode<T, DQK, DV, 1, 1>(p, stream);
+    }
+    launch_decode_wgmma<T, DQK, DV>(p, stream);
+  } else if (narrow_rows) {
     launch_decode<T, DQK, DV, 1, 1>(p, stream);
-  else if (p.rows <= 32)
+  } else if (p.rows <= 32) {
     launch_decode<T, DQK, DV, 2, 1>(p, stream);
-  else
+  } else {
     launch_decode<T, DQK, DV, kQTileRows / 16, 1>(p, stream);
+  }
 }
 
 template <int DV>
