@@ -1,5 +1,5 @@
-// Split-KV MLA decode kernel for 16-row tiles (mma.sync + cp.async; 32- and 64-row tiles too for d_v 192)
-// and the log-sum-exp combine kernel. kQTileRows-row tiles use mla_decode_wgmma.cuh.
+// Split-KV MLA decode kernel for 16-row tiles of narrow heads (mma.sync + cp.async; 32- and 64-row tiles too
+// for d_v 192) and the log-sum-exp combine kernel. Everything else runs mla_decode_wgmma.cuh (mla_dispatch.cuh).
 //
 // One CTA = (scheduler part, kv head, tile of M = 16*R query rows). The part's kPage-token pages stream
 // through a multi-stage cp.async ring in shared memory (64-column slabs, XOR-swizzled rows). Warps form

@@ -1,6 +1,6 @@
-// Decode kernel for 64-row query tiles with wgmma (sm_90a): every tile of more than 16 query rows
-// (h_q * s_q / h_kv > 16), padded to 64 rows as FlashMLA does. Its schedule is FlashMLA's "seesaw"
-// (docs/20250422-new-kernel-deep-dive.md there); the code is ours.
+// Decode kernel for 64-row query tiles with wgmma and TMA (sm_90a): every tile whose d_v halves start on
+// 64-column slabs, except 16-row tiles of narrow heads (mla_dispatch.cuh), padded to 64 rows as FlashMLA
+// does. Its schedule is FlashMLA's "seesaw" (docs/20250422-new-kernel-deep-dive.md there); the code is ours.
 //
 // One CTA = (scheduler part, kv head, 64 query rows), two warpgroups, two page buffers K0 and K1 in
 // shared memory (64-column slabs with the 128-byte swizzle wgmma reads; each slab a TMA copy with its own
