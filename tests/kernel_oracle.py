@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from mlabatch.kernels import PAGE_SIZE
+from mlabatch.kernels.limits import FIXED_OVERHEAD, METADATA_SIZE
 
 BAD_BLOCK_ID = 2147480000  # unused block-table slots: any read through them is out of range
 
@@ -112,8 +113,6 @@ def packed_schedule(lens: list[int], parts: int) -> tuple[torch.Tensor, torch.Te
     Each part gets ceil(total cost / parts) + FIXED_OVERHEAD and takes requests in order while the rest of the
     next one fits; otherwise it takes what fits of it (a split), paying the overhead again in the next part.
     """
-    from mlabatch.kernels.limits import FIXED_OVERHEAD, METADATA_SIZE
-
     pages = [(n + PAGE_SIZE - 1) // PAGE_SIZE for n in lens]
     payload = -(-sum(n + FIXED_OVERHEAD for n in pages) // parts) + FIXED_OVERHEAD
     req = blk = split = pieces = 0
