@@ -48,6 +48,11 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) { return static_cast
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 // Byte offset of 16-byte chunk `chunk` (0..7) of row `row` in a 128-byte-swizzled slab.
 __device__ __forceinline__ uint32_t sw128(int row, int chunk) { return row * 128 + ((chunk ^ (row & 7)) << 4); }
+// Four 8 x 8 16-bit matrices to shared memory, register i of each lane holding matrix i in the mma layout.
+__device__ __forceinline__ void stmatrix_x4(uint32_t addr, const uint32_t (&r)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r[0]), "r"(r[1]),
+               "r"(r[2]), "r"(r[3]) : "memory");
+}
 // wgmma shared-memory descriptor with the 128-byte swizzle; lbo/sbo in bytes.
 __device__ __forceinline__ uint64_t gmma_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
   return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(lbo >> 4) << 16) |
@@ -116,13 +121,6 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
     for (int i = 0; i < 2 * SL; ++i) mbar_init(bars + i * 8);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  // V slabs of both buffers start as zeros: the odd page of a pair past a part's end is never copied, and
-  // its P (all zero) must not meet NaN bit patterns.
-  for (int i = tid; i < 2 * (DV / 64) * 64 * 8; i += 256) {
-    const int w = i / ((DV / 64) * 512), rem = i % ((DV / 64) * 512);
-    *reinterpret_cast<uint4*>(smem + (k_addr(w) - base) + (rem / 512) * SB + (rem % 512) * 16) = make_uint4(0, 0, 0, 0);
-  }
-  fence_proxy_async();
   __syncthreads();
   uint32_t phase = 0;  // parity of this warpgroup's slab barriers: one completion per page in its buffer
 
@@ -161,10 +159,8 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
       }
     }
 
-    // The cache page of block `blk`, or -1 past the part's last (the odd page of a pair).
-    auto page_of = [&](int blk) { return blk < last ? bt[blk] : -1; };
     // Slabs [lo, hi) of cache page `page` into buffer w, one TMA copy per slab by one thread of the calling
-    // warpgroup. Page -1 is not copied: its barriers complete at once, its scores are masked, its P is zero.
+    // warpgroup. Page -1 (the missing page b of a part's last pair) is not copied: its barriers complete at once.
     auto load_to = [&](int w, int page, int lo, int hi) {
       if (wt != 0) return;
       for (int sl = lo; sl < hi; ++sl) {
@@ -228,7 +224,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
     float m_run[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
     // Prologue: page first + w into buffer w, Q visible to both warpgroups, S of the first pair.
-    if (n > 0) load_to(wg, page_of(first + wg), 0, SL);
+    if (n > 0) load_to(wg, first + wg < last ? bt[first + wg] : -1, 0, SL);
     cp_async_wait<0>();
     fence_proxy_async();
     __syncthreads();
@@ -265,16 +261,14 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
       wgmma_commit();
       fence_regs(o);
     };
-    // This warpgroup's P (rows scaled by f[e]) into its P tile, visible to the other warpgroup's wgmma.
-    auto store_p = [&](const float (&f)[2]) {
+    // This warpgroup's P, packed as A fragments, into its P tile for the other warpgroup's wgmma: one
+    // stmatrix per k16 step, whose four 8 x 8 matrices are exactly that step's fragment registers (lane
+    // 8i + j gives the address of row j of matrix i: rows +8 for odd i, key columns +8 for i >= 2).
+    const uint32_t p_row = p_addr(wg) + (wl * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * 128;
+    const uint32_t p_chunk = (lane >> 4) ^ (lane & 7);  // 16-byte chunk of k step 0, swizzled by row & 7
+    auto store_p = [&](const uint32_t (&a)[4][4]) {
 #pragma unroll
-      for (int t = 0; t < 8; ++t)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int key = t * 8 + (lane & 3) * 2;
-          *reinterpret_cast<uint32_t*>(smem + (p_addr(wg) - base) + sw128(tr[e], key >> 3) + (key & 7) * 2) =
-              Pack<T>::two(s[4 * t + 2 * e] * f[e], s[4 * t + 2 * e + 1] * f[e]);
-        }
+      for (int kk = 0; kk < 4; ++kk) stmatrix_x4(p_row + ((p_chunk ^ (2 * kk)) << 4), a[kk]);
       fence_proxy_async();
     };
     // O and l times a factor per row; O is left alone when no row max of the warp moved (the common case).
@@ -295,14 +289,14 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
     // only where a warp's page has such keys.
     auto mask_rowmax = [&](int blk, float (&mx)[2]) {
       const int end = blk * kPage + kPage;
-      const bool whole = blk < last && end <= lim[0] && end <= lim[1];
+      const bool whole = end <= lim[0] && end <= lim[1];
       if (!__all_sync(0xffffffff, whole)) {
 #pragma unroll
         for (int t = 0; t < 8; ++t)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int key = blk * kPage + t * 8 + (lane & 3) * 2 + (e & 1);
-            if (!(blk < last && key < lim[e >> 1])) s[4 * t + e] = -INFINITY;
+            if (key >= lim[e >> 1]) s[4 * t + e] = -INFINITY;
           }
       }
       mx[0] = mx[1] = -INFINITY;
@@ -337,21 +331,21 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
         rowsum[(t >> 1) & 1] += s[t];
       }
     };
-    // P in the A-fragment layout (FA3): k16 step kk takes n8 blocks 2kk and 2kk + 1.
-    auto pack_p = [&](uint32_t (&a)[4][4]) {
+    // P (rows times f[e]) in the A-fragment layout (FA3): k16 step kk takes n8 blocks 2kk and 2kk + 1.
+    auto pack_p = [&](uint32_t (&a)[4][4], const float (&f)[2]) {
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) a[kk][r] = Pack<T>::two(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+        for (int r = 0; r < 4; ++r) a[kk][r] = Pack<T>::two(s[8 * kk + 2 * r] * f[r & 1], s[8 * kk + 2 * r + 1] * f[r & 1]);
     };
-
     // One pair (page a = first + pa in K0, page b = a + 1 in K1), both scored on entry. LAST: no pair
-    // follows, so nothing is refilled and no S is issued.
-    auto pair = [&](int pa, auto last_pair) {
-      constexpr bool LAST = decltype(last_pair)::value;
+    // follows, so nothing is refilled and no S is issued. B: page b exists; a part's last pair may have page
+    // a alone, and then neither softmax nor P V runs for b (its S ran on an uncopied buffer and is unused).
+    auto pair = [&](int pa, auto last_pair, auto has_b) {
+      constexpr bool LAST = decltype(last_pair)::value, B = decltype(has_b)::value;
       const int blk_a = first + pa, blk_b = blk_a + 1;
       // The next pair's pages, read now so the block-table latency is not in front of their copies.
-      const int next_a = LAST ? -1 : page_of(blk_a + 2), next_b = LAST ? -1 : page_of(blk_b + 2);
+      const int next_a = LAST ? 0 : bt[blk_a + 2], next_b = !LAST && blk_b + 2 < last ? bt[blk_b + 2] : -1;
       uint32_t a[4][4];
       if (wg == 0) {
         float mx[2], f0[2], rowsum[2];
@@ -361,7 +355,8 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
         l[0] += rowsum[0];
         l[1] += rowsum[1];
         bar_arrive(kScale0);
-        pack_p(a);
+        const float one[2] = {1.f, 1.f};
+        pack_p(a, one);
         zero_tail(0, 0, blk_a);
         pv_local(a, dv_half0);
         wgmma_wait<0>();
@@ -374,12 +369,13 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
           m_run[e] = s_m[64 + tr[e]];
         }
         if constexpr (!LAST) load_to(0, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it
-        store_p(f1);  // P of page a under page b's max, for warpgroup 1
+        pack_p(a, f1);  // P of page a under page b's max, for warpgroup 1
+        store_p(a);
         bar_arrive(kP0);
-        zero_tail(1, 0, blk_b);
+        if constexpr (B) zero_tail(1, 0, blk_b);
         bar_wait(kP1);  // warpgroup 1 issued both its P V and stored P of page b
         scale_o(f1);
-        pv_remote(1, dv_half1);
+        if constexpr (B) pv_remote(1, dv_half1);
         if constexpr (!LAST) {
 #pragma unroll
           for (int sl = 0; sl < VS; ++sl) score_slab(sl, sl == 0);
@@ -397,19 +393,33 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
           f0[e] = s_scale[tr[e]];
           m_run[e] = s_m[tr[e]];
         }
-        mask_rowmax(blk_b, mx);
-        softmax(mx, f1, rowsum);
+        if constexpr (B) {
+          mask_rowmax(blk_b, mx);
+          softmax(mx, f1, rowsum);
+        } else {  // no page b: the max stays page a's
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            f1[e] = 1.f;
+            rowsum[e] = 0.f;
+            if ((lane & 3) == 0) {
+              s_m[64 + tr[e]] = m_run[e];
+              s_scale[64 + tr[e]] = 1.f;
+            }
+          }
+        }
         const float f[2] = {f0[0] * f1[0], f0[1] * f1[1]};  // O and l were last scaled to the max before page a
         scale_o(f);
         l[0] += rowsum[0];
         l[1] += rowsum[1];
         bar_arrive(kScale1);
-        const float one[2] = {1.f, 1.f};
-        store_p(one);
-        pack_p(a);
-        zero_tail(1, 1, blk_b);
+        if constexpr (B) {
+          const float one[2] = {1.f, 1.f};
+          pack_p(a, one);
+          store_p(a);
+          zero_tail(1, 1, blk_b);
+        }
         zero_tail(0, 1, blk_a);
-        pv_local(a, dv_half1);
+        if constexpr (B) pv_local(a, dv_half1);
         bar_wait(kP0);  // P of page a
         pv_remote(0, dv_half0);
         bar_arrive(kP1);
@@ -425,11 +435,15 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
       fence_regs(s);
       fence_regs(o);
     };
+    using F = std::false_type;
+    using T1 = std::true_type;
     for (int pa = 0; pa < n; pa += 2) {
       if (pa + 2 < n)
-        pair(pa, std::false_type{});
+        pair(pa, F{}, T1{});
+      else if (pa + 1 < n)
+        pair(pa, T1{}, T1{});
       else
-        pair(pa, std::true_type{});
+        pair(pa, T1{}, F{});
     }
 
 #pragma unroll
