@@ -108,7 +108,8 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
   // The warpgroup index through a shuffle, so the compiler knows it is warp-uniform and keeps the wgmma
   // descriptors built from it in uniform registers (as CUTLASS's canonical_warp_group_idx does).
   const int wg = __shfl_sync(0xffffffff, tid / 128, 0), wl = warp & 3, wt = tid & 127, ch = tid & 7;
-  const int mt = blockIdx.x, h = blockIdx.y, part = blockIdx.z;  // a part's row tiles side by side: they read the same pages
+  // Row tiles vary fastest in the grid, so a part's tiles, which read the same pages, run side by side.
+  const int mt = blockIdx.x, h = blockIdx.y, part = blockIdx.z;
   const int* md = p.meta + part * kMetadataSize;
   const int begin_req = md[0], begin_blk = md[1], end_req = md[2], end_blk = md[3], begin_split = md[4];
   const T* qg = static_cast<const T*>(p.q);
