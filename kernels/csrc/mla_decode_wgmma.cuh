@@ -200,10 +200,10 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
       phase ^= 1;
     };
     // Zero V rows [valid, kPage) of the V half `half` of buffer w (TMA copied whole pages; P is 0 there and
-    // the cache may hold NaN), for this warpgroup's next wgmma.
+    // the cache may hold NaN), for this warpgroup's next wgmma. Only called for pages of the part.
     auto zero_tail = [&](int w, int half, int blk) {
       const int valid = len - blk * kPage;
-      if (blk >= last || valid >= kPage) return;
+      if (valid >= kPage) return;
       for (int i = wt; i < (kPage - valid) * 8 * VS; i += 128) {
         const int row = valid + i / (8 * VS), rem = i % (8 * VS);
         *reinterpret_cast<uint4*>(smem + (k_addr(w) - base) + (half * VS + rem / 8) * SB + sw128(row, rem % 8)) =
