@@ -53,11 +53,13 @@ __device__ __forceinline__ void stmatrix_x4(uint32_t addr, const uint32_t (&r)[4
   asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r[0]), "r"(r[1]),
                "r"(r[2]), "r"(r[3]) : "memory");
 }
-// wgmma shared-memory descriptor with the 128-byte swizzle; lbo/sbo in bytes.
-__device__ __forceinline__ uint64_t gmma_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
-  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(lbo >> 4) << 16) |
-         (static_cast<uint64_t>(sbo >> 4) << 32) | (1ull << 62);
-}
+// wgmma shared-memory descriptors with the 128-byte swizzle. Every operand here has the same high word
+// (1024 bytes between 8-row groups, swizzle mode), so a descriptor is kept as its low word (start address,
+// leading offset in bytes) and widened at the wgmma: advancing it is one 32-bit add, and the high word is a
+// constant ptxas can hoist (64-bit adds cost two uniform instructions per wgmma).
+constexpr uint32_t kDescHigh = (1024 >> 4) | (1u << 30);
+__device__ __forceinline__ uint32_t gmma_desc_lo(uint32_t addr, uint32_t lbo) { return ((addr & 0x3FFFF) >> 4) | ((lbo >> 4) << 16); }
+__device__ __forceinline__ uint64_t gmma_desc(uint32_t lo) { return (static_cast<uint64_t>(kDescHigh) << 32) | lo; }
 
 // mbarriers (one per slab of each page buffer) and the TMA copy of one 64 x 64 slab of a page.
 __device__ __forceinline__ void mbar_init(uint32_t bar) { asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar)); }
@@ -174,7 +176,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
       }
     };
     float s[32];  // this warpgroup's page scores (m64n64 accumulator), then its P
-    const uint64_t dq = gmma_desc(q_addr, 16, 1024), dk = gmma_desc(k_addr(wg), 16, 1024);
+    const uint32_t dq = gmma_desc_lo(q_addr, 16), dk = gmma_desc_lo(k_addr(wg), 16);
     // S += Q K^T over slab sl of this warpgroup's page, as soon as its copy has landed: one commit group.
     // `first_slab`: the page's first slab in issue order (its first k step overwrites S).
     auto score_slab = [&](int sl, bool first_slab) {
@@ -183,11 +185,11 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
       fence_regs(s);
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
-        const uint64_t off = (sl * SB + kk * 32) >> 4;
+        const uint32_t off = (sl * SB + kk * 32) >> 4;
         if (sl < SL - 1)
-          Wgmma<T, 64, 0>::run(s, dq + off, dk + off, !(first_slab && kk == 0));
+          Wgmma<T, 64, 0>::run(s, gmma_desc(dq + off), gmma_desc(dk + off), !(first_slab && kk == 0));
         else
-          WgmmaRS<T, 64, 0>::run(s, q_last[kk], dk + off, !(first_slab && kk == 0));
+          WgmmaRS<T, 64, 0>::run(s, q_last[kk], gmma_desc(dk + off), !(first_slab && kk == 0));
       }
       wgmma_commit();
       fence_regs(s);
@@ -241,24 +243,24 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
       fence_regs(s);
     }
 
-    const uint64_t dv_half0 = gmma_desc(k_addr(0) + wg * VS * SB, SB, 1024);  // this warpgroup's V half of K0
-    const uint64_t dv_half1 = gmma_desc(k_addr(1) + wg * VS * SB, SB, 1024);  // and of K1
+    const uint32_t dv_half0 = gmma_desc_lo(k_addr(0) + wg * VS * SB, SB);  // this warpgroup's V half of K0
+    const uint32_t dv_half1 = gmma_desc_lo(k_addr(1) + wg * VS * SB, SB);  // and of K1
     // O += P V over 64 keys of one buffer's V half: P from registers (this warpgroup's page) ...
-    auto pv_local = [&](const uint32_t (&a)[4][4], uint64_t dv) {
+    auto pv_local = [&](const uint32_t (&a)[4][4], uint32_t dv) {
       wgmma_fence();
       fence_regs(o);
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) WgmmaRS<T, NH, 1>::run(o, a[kk], dv + ((kk * 16 * 128) >> 4), 1);
+      for (int kk = 0; kk < 4; ++kk) WgmmaRS<T, NH, 1>::run(o, a[kk], gmma_desc(dv + ((kk * 16 * 128) >> 4)), 1);
       wgmma_commit();
       fence_regs(o);
     };
     // ... or from the other warpgroup's P tile in shared memory.
-    auto pv_remote = [&](int w, uint64_t dv) {
-      const uint64_t dp = gmma_desc(p_addr(w), 16, 1024);
+    auto pv_remote = [&](int w, uint32_t dv) {
+      const uint32_t dp = gmma_desc_lo(p_addr(w), 16);
       wgmma_fence();
       fence_regs(o);
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) Wgmma<T, NH, 1>::run(o, dp + ((kk * 32) >> 4), dv + ((kk * 16 * 128) >> 4), 1);
+      for (int kk = 0; kk < 4; ++kk) Wgmma<T, NH, 1>::run(o, gmma_desc(dp + ((kk * 32) >> 4)), gmma_desc(dv + ((kk * 16 * 128) >> 4)), 1);
       wgmma_commit();
       fence_regs(o);
     };
