@@ -389,15 +389,15 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
           phase ^= 1;
         }
       } else {
-        bar_wait(kScale0);  // page a's max and the factor to it
         float f0[2], mx[2], f1[2], rowsum[2];
+        if constexpr (B) mask_rowmax(blk_b, mx);  // page b's own row maxima need nothing from warpgroup 0
+        bar_wait(kScale0);  // page a's max and the factor to it
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           f0[e] = s_scale[tr[e]];
           m_run[e] = s_m[tr[e]];
         }
         if constexpr (B) {
-          mask_rowmax(blk_b, mx);
           softmax(mx, f1, rowsum);
         } else {  // no page b: the max stays page a's
 #pragma unroll
