@@ -312,11 +312,9 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
         mx[e] *= p.scale_log2;
       }
     };
-    // P = exp2(S * scale_log2 - max) against the new running max (m_run -> max(m_run, mx)); publishes the
-    // new max and the factor exp2(old - new) for the other warpgroup; gives that factor and P's row sums.
-    auto softmax = [&](const float (&mx)[2], float (&factor)[2], float (&rowsum)[2]) {
-      float m_use[2];
-      rowsum[0] = rowsum[1] = 0.f;
+    // The new running max (m_run -> max(m_run, mx)) and the factor exp2(old - new), published for the other
+    // warpgroup, which needs only these (it goes on while this one computes P); m_use: the max P is taken against.
+    auto update_max = [&](const float (&mx)[2], float (&factor)[2], float (&m_use)[2]) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const float m_new = fmaxf(m_run[e], mx[e]);
@@ -328,6 +326,10 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
           s_scale[wg * 64 + tr[e]] = factor[e];
         }
       }
+    };
+    // P = exp2(S * scale_log2 - m_use) in place, and its row sums.
+    auto softmax = [&](const float (&m_use)[2], float (&rowsum)[2]) {
+      rowsum[0] = rowsum[1] = 0.f;
 #pragma unroll
       for (int t = 0; t < 32; ++t) {
         s[t] = exp2f(fmaf(s[t], p.scale_log2, -m_use[(t >> 1) & 1]));
@@ -351,13 +353,14 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
       const int next_a = LAST ? 0 : bt[blk_a + 2], next_b = !LAST && blk_b + 2 < last ? bt[blk_b + 2] : -1;
       uint32_t a[4][4];
       if (wg == 0) {
-        float mx[2], f0[2], rowsum[2];
+        float mx[2], f0[2], m_use[2], rowsum[2];
         mask_rowmax(blk_a, mx);
-        softmax(mx, f0, rowsum);
+        update_max(mx, f0, m_use);
+        bar_arrive(kScale0);
+        softmax(m_use, rowsum);
         scale_o(f0);
         l[0] += rowsum[0];
         l[1] += rowsum[1];
-        bar_arrive(kScale0);
         const float one[2] = {1.f, 1.f};
         pack_p(a, one);
         zero_tail(0, 0, blk_a);
@@ -389,7 +392,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
           phase ^= 1;
         }
       } else {
-        float f0[2], mx[2], f1[2], rowsum[2];
+        float f0[2], mx[2], f1[2], m_use[2], rowsum[2];
         if constexpr (B) mask_rowmax(blk_b, mx);  // page b's own row maxima need nothing from warpgroup 0
         bar_wait(kScale0);  // page a's max and the factor to it
 #pragma unroll
@@ -398,7 +401,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
           m_run[e] = s_m[tr[e]];
         }
         if constexpr (B) {
-          softmax(mx, f1, rowsum);
+          update_max(mx, f1, m_use);
         } else {  // no page b: the max stays page a's
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
@@ -410,11 +413,12 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
             }
           }
         }
+        bar_arrive(kScale1);
+        if constexpr (B) softmax(m_use, rowsum);
         const float f[2] = {f0[0] * f1[0], f0[1] * f1[1]};  // O and l were last scaled to the max before page a
         scale_o(f);
         l[0] += rowsum[0];
         l[1] += rowsum[1];
-        bar_arrive(kScale1);
         if constexpr (B) {
           const float one[2] = {1.f, 1.f};
           pack_p(a, one);
