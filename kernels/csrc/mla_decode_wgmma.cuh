@@ -327,6 +327,18 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
         }
       }
     };
+    // Publishes the new max (update_max) to the other warpgroup, then gives it back read from shared memory:
+    // a load cannot move above the barrier, so neither can the exponentials that use it (ptxas would
+    // otherwise compute them before the arrive and keep the other warpgroup waiting for them).
+    auto publish = [&](int id, float (&m_use)[2]) {
+      __syncwarp();
+      bar_arrive(id);
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float m = s_m[wg * 64 + tr[e]];
+        m_use[e] = m == -INFINITY ? 0.f : m;
+      }
+    };
     // P = exp2(S * scale_log2 - m_use) in place, and its row sums.
     auto softmax = [&](const float (&m_use)[2], float (&rowsum)[2]) {
       rowsum[0] = rowsum[1] = 0.f;
@@ -356,7 +368,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
         float mx[2], f0[2], m_use[2], rowsum[2];
         mask_rowmax(blk_a, mx);
         update_max(mx, f0, m_use);
-        bar_arrive(kScale0);
+        publish(kScale0, m_use);
         softmax(m_use, rowsum);
         scale_o(f0);
         l[0] += rowsum[0];
@@ -413,8 +425,13 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
             }
           }
         }
-        bar_arrive(kScale1);
-        if constexpr (B) softmax(m_use, rowsum);
+        if constexpr (B) {
+          publish(kScale1, m_use);
+          softmax(m_use, rowsum);
+        } else {
+          __syncwarp();
+          bar_arrive(kScale1);
+        }
         const float f[2] = {f0[0] * f1[0], f0[1] * f1[1]};  // O and l were last scaled to the max before page a
         scale_o(f);
         l[0] += rowsum[0];
