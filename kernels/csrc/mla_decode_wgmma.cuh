@@ -11,7 +11,9 @@
 // factors (online softmax, exp2 domain).
 //
 // The two warpgroups take turns on the tensor cores: warpgroup 0's softmax runs under warpgroup 1's S,
-// and each warpgroup issues the next pair's S while the other's P V runs. Whoever last reads a part of a
+// and each warpgroup issues the next pair's S while the other's P V runs. Each publishes its new row max
+// before computing its P, so the other's softmax can start (ptxas moves arithmetic across named barriers:
+// see `publish`). Whoever last reads a part of a
 // page buffer issues its refill (warpgroup 0: the V0 half it owns, and K1's V half it owns; warpgroup 1
 // the rest), and S waits on each slab's barrier just before its four wgmma, so S starts on the first
 // slabs while the rest are in flight. The last Q slab lives in registers (wgmma with A from registers),
