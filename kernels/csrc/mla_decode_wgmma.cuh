@@ -407,7 +407,9 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
         }
       } else {
         float f0[2], mx[2], f1[2], m_use[2], rowsum[2];
-        if constexpr (B) mask_rowmax(blk_b, mx);  // page b's own row maxima need nothing from warpgroup 0
+        // Page b's mask and row maxima need nothing from warpgroup 0 (ptxas keeps the masking ahead of the
+        // barrier but sinks the max reduction below it: nothing orders arithmetic before a bar.sync).
+        if constexpr (B) mask_rowmax(blk_b, mx);
         bar_wait(kScale0);  // page a's max and the factor to it
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
