@@ -314,14 +314,13 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
         mx[e] *= p.scale_log2;
       }
     };
-    // The new running max (m_run -> max(m_run, mx)) and the factor exp2(old - new), published for the other
-    // warpgroup, which needs only these (it goes on while this one computes P); m_use: the max P is taken against.
-    auto update_max = [&](const float (&mx)[2], float (&factor)[2], float (&m_use)[2]) {
+    // The new running max (m_run -> max(m_run, mx)) and the factor exp2(old - new), stored for the other
+    // warpgroup, which needs only these (it goes on while this one computes P).
+    auto update_max = [&](const float (&mx)[2], float (&factor)[2]) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const float m_new = fmaxf(m_run[e], mx[e]);
-        m_use[e] = m_new == -INFINITY ? 0.f : m_new;
-        factor[e] = exp2f(m_run[e] - m_use[e]);
+        factor[e] = exp2f(m_run[e] - (m_new == -INFINITY ? 0.f : m_new));
         m_run[e] = m_new;
         if ((lane & 3) == 0) {
           s_m[wg * 64 + tr[e]] = m_new;
@@ -329,9 +328,9 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
         }
       }
     };
-    // Publishes the new max (update_max) to the other warpgroup, then gives it back read from shared memory:
-    // a load cannot move above the barrier, so neither can the exponentials that use it (ptxas would
-    // otherwise compute them before the arrive and keep the other warpgroup waiting for them).
+    // Publishes the new max (update_max) to the other warpgroup, then gives back the max P is taken against,
+    // read from shared memory: a load cannot move above the barrier, so neither can the exponentials that use
+    // it (ptxas would otherwise compute them before the arrive and keep the other warpgroup waiting for them).
     auto publish = [&](int id, float (&m_use)[2]) {
       __syncwarp();
       bar_arrive(id);
@@ -369,7 +368,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
       if (wg == 0) {
         float mx[2], f0[2], m_use[2], rowsum[2];
         mask_rowmax(blk_a, mx);
-        update_max(mx, f0, m_use);
+        update_max(mx, f0);
         publish(kScale0, m_use);
         softmax(m_use, rowsum);
         scale_o(f0);
@@ -417,7 +416,9 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
           m_run[e] = s_m[tr[e]];
         }
         if constexpr (B) {
-          update_max(mx, f1, m_use);
+          update_max(mx, f1);
+          publish(kScale1, m_use);
+          softmax(m_use, rowsum);
         } else {  // no page b: the max stays page a's
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
@@ -428,12 +429,6 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
               s_scale[64 + tr[e]] = 1.f;
             }
           }
-        }
-        if constexpr (B) {
-          publish(kScale1, m_use);
-          softmax(m_use, rowsum);
-        } else {
-          __syncwarp();
           bar_arrive(kScale1);
         }
         const float f[2] = {f0[0] * f1[0], f0[1] * f1[1]};  // O and l were last scaled to the max before page a
