@@ -18,7 +18,8 @@
 // the rest), and S waits on each slab's barrier just before its four wgmma, so S starts on the first
 // slabs while the rest are in flight. The last Q slab lives in registers (wgmma with A from registers),
 // which leaves room in shared memory for the two P tiles.
-// Epilogue as in mla_decode.cuh: out/lse directly, or fp32 partials for the combine kernel.
+// Epilogue: a request decoded whole writes O through shared memory with one bulk copy per row (FlashMLA
+// uses a TMA store); pieces of a split request write fp32 partials for the combine kernel, as in mla_decode.cuh.
 #pragma once
 
 #include <type_traits>
@@ -55,6 +56,13 @@ __device__ __forceinline__ void stmatrix_x4(uint32_t addr, const uint32_t (&r)[4
   asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r[0]), "r"(r[1]),
                "r"(r[2]), "r"(r[3]) : "memory");
 }
+// Bulk copy of `bytes` (a multiple of 16) from shared to global memory, as an async-proxy write (no tensor map);
+// commit closes this thread's group, and wait_read returns once the group has read its shared memory.
+__device__ __forceinline__ void bulk_store(void* dst, uint32_t src, uint32_t bytes) {
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst), "r"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
 // wgmma shared-memory descriptors with the 128-byte swizzle. Every operand here has the same high word
 // (1024 bytes between 8-row groups, swizzle mode), so a descriptor is kept as its low word (start address,
 // leading offset in bytes) and widened at the wgmma: advancing it is one 32-bit add, and the high word is a
@@ -107,7 +115,6 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
   const uint32_t bars = smem_u32(s_sum + 2 * 64);
   auto bar_of = [&](int w, int sl) { return bars + (w * SL + sl) * 8; };
 
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   // The warpgroup index through a shuffle, so the compiler knows it is warp-uniform and keeps the wgmma
   // descriptors built from it in uniform registers (as CUTLASS's canonical_warp_group_idx does).
@@ -469,6 +476,9 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
         pair(pa, T1{}, F{});
     }
 
+    // The combine grid may launch once every CTA is at its last epilogue (as FlashMLA triggers it); triggering
+    // at kernel start, as the mma.sync kernel does, was 1-2% slower on split batches here (H200).
+    if (req == end_req) asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       l[e] += __shfl_xor_sync(0xffffffff, l[e], 1);
@@ -478,28 +488,50 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
     __syncthreads();
     const int n_split = p.num_splits[req + 1] - p.num_splits[req];
     const int slot = p.num_splits[req] + split;
+    float inv[2];  // 1 / row sum, 0 for an empty row
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const float lt = s_sum[tr[e]] + s_sum[64 + tr[e]];
       const bool empty = !(lt > 0.f);
-      const float inv = empty ? 0.f : 1.f / lt;
+      inv[e] = empty ? 0.f : 1.f / lt;
       const float lse_v = empty ? (n_split == 1 ? INFINITY : -INFINITY) : (m_run[e] + __log2f(lt)) * 0.69314718055994531f;
       if (qrow[e] >= p.rows) continue;
       const int i = qrow[e] / p.g, hq = h * p.g + qrow[e] % p.g;
       const int col0 = wg * NH + (lane & 3) * 2;
       if (n_split == 1) {
-        T* dst = static_cast<T*>(p.out) + ((static_cast<int64_t>(req) * p.s_q + i) * p.h_q + hq) * DV + col0;
-#pragma unroll
-        for (int t = 0; t < NH / 8; ++t)
-          *reinterpret_cast<uint32_t*>(dst + t * 8) = Pack<T>::two(o[4 * t + 2 * e] * inv, o[4 * t + 2 * e + 1] * inv);
         if (wg == 0 && (lane & 3) == 0) p.lse[(static_cast<int64_t>(req) * p.h_q + hq) * p.s_q + i] = lse_v;
       } else {
         const int64_t row_id = (static_cast<int64_t>(slot) * p.h_kv + h) * p.rows + qrow[e];
         float* dst = p.o_acc + row_id * DV + col0;
 #pragma unroll
         for (int t = 0; t < NH / 8; ++t)
-          *reinterpret_cast<float2*>(dst + t * 8) = make_float2(o[4 * t + 2 * e] * inv, o[4 * t + 2 * e + 1] * inv);
+          *reinterpret_cast<float2*>(dst + t * 8) = make_float2(o[4 * t + 2 * e] * inv[e], o[4 * t + 2 * e + 1] * inv[e]);
         if (wg == 0 && (lane & 3) == 0) p.lse_acc[row_id] = lse_v;
+      }
+    }
+    if (n_split == 1) {
+      // O in T through shared memory (this warpgroup's page buffer, free now), by stmatrix in rows padded by
+      // 16 bytes (a matrix's 8 rows fall in different banks), then one bulk copy per valid row of this
+      // warpgroup's columns: whole lines, and the CTA waits only until shared memory has been read. Per-thread
+      // 4-byte stores of O had cost about 4 us per 64-row request (H200, b=1056 x 128 tokens, h_q=128).
+      constexpr uint32_t kRowBytes = NH * sizeof(T) + 16;
+      static_assert(64 * kRowBytes <= TL::kTileBytes, "O staging fits in one page buffer");
+      const uint32_t stage = k_addr(wg);
+      const uint32_t st_row = stage + (wl * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * kRowBytes + (lane >> 4) * 16;
+#pragma unroll
+      for (int t = 0; t < NH / 8; t += 2) {
+        const uint32_t r[4] = {Pack<T>::two(o[4 * t] * inv[0], o[4 * t + 1] * inv[0]), Pack<T>::two(o[4 * t + 2] * inv[1], o[4 * t + 3] * inv[1]),
+                               Pack<T>::two(o[4 * t + 4] * inv[0], o[4 * t + 5] * inv[0]), Pack<T>::two(o[4 * t + 6] * inv[1], o[4 * t + 7] * inv[1])};
+        stmatrix_x4(st_row + t * 16, r);
+      }
+      fence_proxy_async();
+      bar_own(wg);
+      const int qr = mt * 64 + wt;
+      if (wt < 64 && qr < p.rows) {
+        T* dst = static_cast<T*>(p.out) + ((static_cast<int64_t>(req) * p.s_q + qr / p.g) * p.h_q + h * p.g + qr % p.g) * DV + wg * NH;
+        bulk_store(dst, stage + wt * kRowBytes, NH * sizeof(T));
+        bulk_commit();
+        bulk_wait_read();
       }
     }
     __syncthreads();  // Q, the page buffers, P and the sums are reused by the next request of this part
