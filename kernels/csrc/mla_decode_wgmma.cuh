@@ -477,7 +477,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
     }
 
     // The combine grid may launch once every CTA is at its last epilogue (as FlashMLA triggers it); triggering
-    // at kernel start, as the mma.sync kernel does, was 1-2% slower on split batches here (H200).
+    // at kernel start, as the mma.sync kernel does, was up to 2% slower on split batches (H200, b=64 h_q=16).
     if (req == end_req) asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
@@ -510,25 +510,28 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
       }
     }
     if (n_split == 1) {
-      // O in T through shared memory (this warpgroup's page buffer, free now), by stmatrix in rows padded by
-      // 16 bytes (a matrix's 8 rows fall in different banks), then one bulk copy per valid row of this
-      // warpgroup's columns: whole lines, and the CTA waits only until shared memory has been read. Per-thread
-      // 4-byte stores of O had cost about 4 us per 64-row request (H200, b=1056 x 128 tokens, h_q=128).
+      // O in T through shared memory (this warpgroup's page buffer, free now), by stmatrix as in store_p but in
+      // rows padded by 16 bytes (a matrix's 8 rows fall in different banks), then one bulk copy per valid row of
+      // this warpgroup's columns: whole lines, and the CTA waits only until shared memory has been read.
+      // Per-thread 4-byte stores of O had cost about 4 us per 64-row request (H200, b=1056 x 128 tokens, h_q=128).
       constexpr uint32_t kRowBytes = NH * sizeof(T) + 16;
       static_assert(64 * kRowBytes <= TL::kTileBytes, "O staging fits in one page buffer");
       const uint32_t stage = k_addr(wg);
       const uint32_t st_row = stage + (wl * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * kRowBytes + (lane >> 4) * 16;
 #pragma unroll
       for (int t = 0; t < NH / 8; t += 2) {
-        const uint32_t r[4] = {Pack<T>::two(o[4 * t] * inv[0], o[4 * t + 1] * inv[0]), Pack<T>::two(o[4 * t + 2] * inv[1], o[4 * t + 3] * inv[1]),
-                               Pack<T>::two(o[4 * t + 4] * inv[0], o[4 * t + 5] * inv[0]), Pack<T>::two(o[4 * t + 6] * inv[1], o[4 * t + 7] * inv[1])};
+        const uint32_t r[4] = {Pack<T>::two(o[4 * t] * inv[0], o[4 * t + 1] * inv[0]),
+                               Pack<T>::two(o[4 * t + 2] * inv[1], o[4 * t + 3] * inv[1]),
+                               Pack<T>::two(o[4 * t + 4] * inv[0], o[4 * t + 5] * inv[0]),
+                               Pack<T>::two(o[4 * t + 6] * inv[1], o[4 * t + 7] * inv[1])};
         stmatrix_x4(st_row + t * 16, r);
       }
       fence_proxy_async();
       bar_own(wg);
       const int qr = mt * 64 + wt;
       if (wt < 64 && qr < p.rows) {
-        T* dst = static_cast<T*>(p.out) + ((static_cast<int64_t>(req) * p.s_q + qr / p.g) * p.h_q + h * p.g + qr % p.g) * DV + wg * NH;
+        const int64_t row = (static_cast<int64_t>(req) * p.s_q + qr / p.g) * p.h_q + h * p.g + qr % p.g;
+        T* dst = static_cast<T*>(p.out) + row * DV + wg * NH;
         bulk_store(dst, stage + wt * kRowBytes, NH * sizeof(T));
         bulk_commit();
         bulk_wait_read();
