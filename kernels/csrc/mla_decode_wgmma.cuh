@@ -129,6 +129,9 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
   tr[1] = tr[0] + 8;
   qrow[0] = mt * 64 + tr[0];
   qrow[1] = mt * 64 + tr[1];
+  // The row a lane addresses in a stmatrix .x4 of this warp's 16 fragment rows (P tiles and the O epilogue):
+  // lane 8i + j gives row j of matrix i, rows +8 for odd i; matrices i >= 2 are the next 8 columns.
+  const int stm_row = wl * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
   if (tid == 0) {
     for (int i = 0; i < 2 * SL; ++i) mbar_init(bars + i * 8);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -274,9 +277,8 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
       fence_regs(o);
     };
     // This warpgroup's P, packed as A fragments, into its P tile for the other warpgroup's wgmma: one
-    // stmatrix per k16 step, whose four 8 x 8 matrices are exactly that step's fragment registers (lane
-    // 8i + j gives the address of row j of matrix i: rows +8 for odd i, key columns +8 for i >= 2).
-    const uint32_t p_row = p_addr(wg) + (wl * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * 128;
+    // stmatrix per k16 step, whose four 8 x 8 matrices are exactly that step's fragment registers.
+    const uint32_t p_row = p_addr(wg) + stm_row * 128;
     const uint32_t p_chunk = (lane >> 4) ^ (lane & 7);  // 16-byte chunk of k step 0, swizzled by row & 7
     auto store_p = [&](const uint32_t (&a)[4][4]) {
 #pragma unroll
@@ -517,7 +519,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
       constexpr uint32_t kRowBytes = NH * sizeof(T) + 16;
       static_assert(64 * kRowBytes <= TL::kTileBytes, "O staging fits in one page buffer");
       const uint32_t stage = k_addr(wg);
-      const uint32_t st_row = stage + (wl * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * kRowBytes + (lane >> 4) * 16;
+      const uint32_t st_row = stage + stm_row * kRowBytes + (lane >> 4) * 16;
 #pragma unroll
       for (int t = 0; t < NH / 8; t += 2) {
         const uint32_t r[4] = {Pack<T>::two(o[4 * t] * inv[0], o[4 * t + 1] * inv[0]),

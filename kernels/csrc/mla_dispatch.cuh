@@ -25,17 +25,15 @@ inline int num_sms() {
 template <typename T, int DQK, int DV>
 void launch_rows(const MlaParams& p, cudaStream_t stream) {
   static_assert(kTwoCtaMaxRows == 16 && kQTileRows == 64, "16-row mma.sync tiles, then 64-row tiles");
-  const bool narrow_rows = p.rows <= kTwoCtaMaxRows;
   if constexpr (DQK <= kTwoCtaMaxDqk) {
-    if (narrow_rows && p.num_parts * p.h_kv > num_sms()) return launch_decode<T, DQK, DV, 1, 2>(p, stream);
-  }
-  if constexpr ((DV / 2) % 64 == 0) {
-    if constexpr (DQK <= kTwoCtaMaxDqk) {
-      if (narrow_rows) return launch_decode<T, DQK, DV, 1, 1>(p, stream);
+    if (p.rows <= kTwoCtaMaxRows) {
+      if (p.num_parts * p.h_kv > num_sms()) return launch_decode<T, DQK, DV, 1, 2>(p, stream);
+      return launch_decode<T, DQK, DV, 1, 1>(p, stream);
     }
+  }
+  static_assert((DV / 2) % 64 == 0 || DQK <= kTwoCtaMaxDqk, "d_v 192 heads are narrow: their 16-row tiles are above");
+  if constexpr ((DV / 2) % 64 == 0) {
     launch_decode_wgmma<T, DQK, DV>(p, stream);
-  } else if (narrow_rows) {
-    launch_decode<T, DQK, DV, 1, 1>(p, stream);
   } else if (p.rows <= 32) {
     launch_decode<T, DQK, DV, 2, 1>(p, stream);
   } else {
