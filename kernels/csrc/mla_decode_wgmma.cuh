@@ -2,9 +2,11 @@
 // 64-column slabs, except 16-row tiles of narrow heads (mla_dispatch.cuh), padded to 64 rows as FlashMLA
 // does. Its schedule is FlashMLA's "seesaw" (docs/20250422-new-kernel-deep-dive.md there); the code is ours.
 //
-// One CTA = (scheduler part, kv head, 64 query rows), two warpgroups, two page buffers K0 and K1 in
-// shared memory (64-column slabs with the 128-byte swizzle wgmma reads; each slab a TMA copy with its own
-// mbarrier). Pages go in pairs: warpgroup 0 scores page a (in K0), warpgroup 1 page b (in K1), each
+// One CTA = (scheduler part, kv head, 64 query rows), two warpgroups, page buffers K0 and K1 in shared
+// memory (64-column slabs with the 128-byte swizzle wgmma reads; each slab a TMA copy with its own
+// mbarrier). Where they fit (d_qk <= 320) there are two sets of K0/K1: pair p uses set p & 1 and its
+// refills load pair p + 2, so a page lands a whole pair before its S (320/256 at h_q=32: 61 -> 56 us, H200).
+// Pages go in pairs: warpgroup 0 scores page a (in K0), warpgroup 1 page b (in K1), each
 // S = Q K^T over all 64 keys (m64n64). Warpgroup w owns output columns [w*DV/2, (w+1)*DV/2) in registers
 // and multiplies both pages' P with its half of V: its own page's P from registers, the other page's
 // through shared memory. The running max passes 0 -> 1 -> 0 through shared memory with the rescale
@@ -40,7 +42,11 @@ struct WgTile {
   static constexpr int kNHalf = DV / 2;                       // output columns per warpgroup
   static constexpr int kVSlabs = kNHalf / 64;                 // slabs of each half of V
   static constexpr int kFloats = 6 * 64;                      // running max, rescale factors, row sums (2 x 64 each)
-  static constexpr int kSmem = 1024 + kQBytes + 2 * kTileBytes + 2 * kSlabBytes + kFloats * 4 + 2 * kSlabs * 8;
+  static constexpr int smem_for(int bufs) { return 1024 + kQBytes + bufs * kTileBytes + 2 * kSlabBytes + kFloats * 4 + bufs * kSlabs * 8; }
+  // Four page buffers (two sets of a pair) where they fit, so a pair's pages land a whole pair before their S.
+  static constexpr int kBufs = smem_for(4) <= kSmemLimit ? 4 : 2;
+  static constexpr int kSets = kBufs / 2;
+  static constexpr int kSmem = smem_for(kBufs);
   static_assert(kNHalf % 64 == 0, "each warpgroup's V columns must start on a 64-column slab");
   static_assert(M == 64 && kPage == 64, "wgmma tiles are m64, and S covers one 64-token page");
   static_assert(kSmem <= kSmemLimit, "shared memory");
@@ -105,11 +111,12 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
   const uint32_t raw = smem_u32(smem_raw);
   const uint32_t base = (raw + 1023) & ~1023u;  // swizzle patterns repeat every 1024 bytes
   unsigned char* smem = smem_raw + (base - raw);
-  // Layout: Q slabs [0, SL - 1) | K0 | K1 | P0 | P1 | floats | mbarriers.
+  // Layout: Q slabs [0, SL - 1) | K0 | K1 (| K0 | K1 of set 1) | P0 | P1 | floats | mbarriers.
   const uint32_t q_addr = base;
   auto k_addr = [&](int w) { return base + TL::kQBytes + w * TL::kTileBytes; };
-  auto p_addr = [&](int w) { return base + TL::kQBytes + 2 * TL::kTileBytes + w * SB; };
-  float* s_m = reinterpret_cast<float*>(smem + TL::kQBytes + 2 * TL::kTileBytes + 2 * SB);  // [2][64] max
+  constexpr int NS = TL::kSets;
+  auto p_addr = [&](int w) { return base + TL::kQBytes + TL::kBufs * TL::kTileBytes + w * SB; };
+  float* s_m = reinterpret_cast<float*>(smem + TL::kQBytes + TL::kBufs * TL::kTileBytes + 2 * SB);  // [2][64] max
   float* s_scale = s_m + 2 * 64;                                                           // [2][64] factors
   float* s_sum = s_scale + 2 * 64;                                                         // [2][64] row sums
   const uint32_t bars = smem_u32(s_sum + 2 * 64);
@@ -133,11 +140,11 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
   // lane 8i + j gives row j of matrix i, rows +8 for odd i; matrices i >= 2 are the next 8 columns.
   const int stm_row = wl * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
   if (tid == 0) {
-    for (int i = 0; i < 2 * SL; ++i) mbar_init(bars + i * 8);
+    for (int i = 0; i < TL::kBufs * SL; ++i) mbar_init(bars + i * 8);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
-  uint32_t phase = 0;  // parity of this warpgroup's slab barriers: one completion per page in its buffer
+  uint32_t phase = 0;  // bit `set`: parity of this warpgroup's slab barriers in that set, one completion per page
 
   for (int req = begin_req; req <= end_req; ++req) {
     const int len = p.seqlens[req];
@@ -188,11 +195,13 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
       }
     };
     float s[32];  // this warpgroup's page scores (m64n64 accumulator), then its P
-    const uint32_t dq = gmma_desc_lo(q_addr, 16), dk = gmma_desc_lo(k_addr(wg), 16);
+    const uint32_t dq = gmma_desc_lo(q_addr, 16), dk0 = gmma_desc_lo(k_addr(wg), 16);
+    constexpr uint32_t kSetDesc = (2 * TL::kTileBytes) >> 4;  // descriptor step from one buffer set to the next
     // S += Q K^T over slab sl of this warpgroup's page, as soon as its copy has landed: one commit group.
     // `first_slab`: the page's first slab in issue order (its first k step overwrites S).
-    auto score_slab = [&](int sl, bool first_slab) {
-      mbar_wait(bar_of(wg, sl), phase);
+    auto score_slab = [&](int set, int sl, bool first_slab) {
+      const uint32_t dk = dk0 + set * kSetDesc;
+      mbar_wait(bar_of(2 * set + wg, sl), (phase >> set) & 1);
       wgmma_fence();
       fence_regs(s);
 #pragma unroll
@@ -208,10 +217,10 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
     };
     // Warpgroup 1 scores its own V half and the RoPE slab first (it issued those copies itself), then
     // warpgroup 0's.
-    auto score_page_wg1 = [&]() {
+    auto score_page_wg1 = [&](int set) {
 #pragma unroll
-      for (int i = 0; i < SL; ++i) score_slab((i + VS) % SL, i == 0);
-      phase ^= 1;
+      for (int i = 0; i < SL; ++i) score_slab(set, (i + VS) % SL, i == 0);
+      phase ^= 1u << set;
     };
     // Zero V rows [valid, kPage) of the V half `half` of buffer w (TMA copied whole pages; P is 0 there and
     // the cache may hold NaN), for this warpgroup's next wgmma. Only called for pages of the part.
@@ -240,23 +249,24 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
 
     // Prologue: page first + w into buffer w, Q visible to both warpgroups, S of the first pair.
     if (n > 0) load_to(wg, first + wg < last ? bt[first + wg] : -1, 0, SL);
+    if (NS == 2 && n > 2) load_to(2 + wg, first + 2 + wg < last ? bt[first + 2 + wg] : -1, 0, SL);
     cp_async_wait<0>();
     fence_proxy_async();
     __syncthreads();
     if (n > 0) {
       if (wg == 0) {
 #pragma unroll
-        for (int sl = 0; sl < SL; ++sl) score_slab(sl, sl == 0);
+        for (int sl = 0; sl < SL; ++sl) score_slab(0, sl, sl == 0);
         phase ^= 1;
       } else {
-        score_page_wg1();
+        score_page_wg1(0);
       }
       wgmma_wait<0>();
       fence_regs(s);
     }
 
-    const uint32_t dv_half0 = gmma_desc_lo(k_addr(0) + wg * VS * SB, SB);  // this warpgroup's V half of K0
-    const uint32_t dv_half1 = gmma_desc_lo(k_addr(1) + wg * VS * SB, SB);  // and of K1
+    const uint32_t dv0 = gmma_desc_lo(k_addr(0) + wg * VS * SB, SB);  // this warpgroup's V half of set 0's page a
+    const uint32_t dv1 = gmma_desc_lo(k_addr(1) + wg * VS * SB, SB);  // and of its page b
     // O += P V over 64 keys of one buffer's V half: P from registers (this warpgroup's page) ...
     auto pv_local = [&](const uint32_t (&a)[4][4], uint32_t dv) {
       wgmma_fence();
@@ -365,14 +375,16 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
 #pragma unroll
         for (int r = 0; r < 4; ++r) a[kk][r] = Pack<T>::two(s[8 * kk + 2 * r] * f[r & 1], s[8 * kk + 2 * r + 1] * f[r & 1]);
     };
-    // One pair (page a = first + pa in K0, page b = a + 1 in K1), both scored on entry. LAST: no pair
-    // follows, so nothing is refilled and no S is issued. B: page b exists; a part's last pair may have page
-    // a alone, and then neither softmax nor P V runs for b (its S ran on an uncopied buffer and is unused).
-    auto pair = [&](int pa, auto last_pair, auto has_b) {
-      constexpr bool LAST = decltype(last_pair)::value, B = decltype(has_b)::value;
-      const int blk_a = first + pa, blk_b = blk_a + 1;
+    // One pair (page a = first + pa in K0, page b = a + 1 in K1 of buffer set `cur`), both scored on entry.
+    // LAST: no pair follows, so no S is issued. REFILL: the pair NS pairs ahead exists, so the buffers this
+    // pair frees are refilled with it. B: page b exists; a part's last pair may have page a alone, and then
+    // neither softmax nor P V runs for b (its S ran on an uncopied buffer and is unused).
+    auto pair = [&](int pa, int cur, auto last_pair, auto has_b, auto refill) {
+      constexpr bool LAST = decltype(last_pair)::value, B = decltype(has_b)::value, R = decltype(refill)::value;
+      const int blk_a = first + pa, blk_b = blk_a + 1, nxt = NS == 2 ? cur ^ 1 : cur;
+      const uint32_t dv_half0 = dv0 + cur * kSetDesc, dv_half1 = dv1 + cur * kSetDesc;
       // The next pair's pages, read now so the block-table latency is not in front of their copies.
-      const int next_a = LAST ? 0 : bt[blk_a + 2], next_b = !LAST && blk_b + 2 < last ? bt[blk_b + 2] : -1;
+      const int next_a = R ? bt[blk_a + 2 * NS] : 0, next_b = R && blk_b + 2 * NS < last ? bt[blk_b + 2 * NS] : -1;
       uint32_t a[4][4];
       if (wg == 0) {
         float mx[2], f0[2], m_use[2], rowsum[2];
@@ -385,7 +397,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
         l[1] += rowsum[1];
         const float one[2] = {1.f, 1.f};
         pack_p(a, one);
-        zero_tail(0, 0, blk_a);
+        zero_tail(2 * cur, 0, blk_a);
         pv_local(a, dv_half0);
         wgmma_wait<0>();
         fence_regs(o);
@@ -396,22 +408,22 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
           f1[e] = s_scale[64 + tr[e]];
           m_run[e] = s_m[64 + tr[e]];
         }
-        if constexpr (!LAST) load_to(0, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it
+        if constexpr (R) load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it
         pack_p(a, f1);  // P of page a under page b's max, for warpgroup 1
         store_p(a);
         bar_arrive(kP0);
-        if constexpr (B) zero_tail(1, 0, blk_b);
+        if constexpr (B) zero_tail(2 * cur + 1, 0, blk_b);
         bar_wait(kP1);  // warpgroup 1 issued both its P V and stored P of page b
         scale_o(f1);
         if constexpr (B) pv_remote(1, dv_half1);
         if constexpr (!LAST) {
 #pragma unroll
-          for (int sl = 0; sl < VS; ++sl) score_slab(sl, sl == 0);
+          for (int sl = 0; sl < VS; ++sl) score_slab(nxt, sl, sl == 0);
           wgmma_wait<VS>();  // P V of page b done: K1's V half 0 is free
-          load_to(1, next_b, 0, VS);
+          if constexpr (R) load_to(2 * cur + 1, next_b, 0, VS);
 #pragma unroll
-          for (int sl = VS; sl < SL; ++sl) score_slab(sl, false);
-          phase ^= 1;
+          for (int sl = VS; sl < SL; ++sl) score_slab(nxt, sl, false);
+          phase ^= 1u << nxt;
         }
       } else {
         float f0[2], mx[2], f1[2], m_use[2], rowsum[2];
@@ -448,19 +460,21 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
           const float one[2] = {1.f, 1.f};
           pack_p(a, one);
           store_p(a);
-          zero_tail(1, 1, blk_b);
+          zero_tail(2 * cur + 1, 1, blk_b);
         }
-        zero_tail(0, 1, blk_a);
+        zero_tail(2 * cur, 1, blk_a);
         if constexpr (B) pv_local(a, dv_half1);
         bar_wait(kP0);  // P of page a
         pv_remote(0, dv_half0);
         bar_arrive(kP1);
         if constexpr (!LAST) {
-          wgmma_wait<1>();  // P V of page b done: the rest of K1 is free
-          load_to(1, next_b, VS, SL);
-          wgmma_wait<0>();  // P V of page a done: the rest of K0 is free
-          load_to(0, next_a, VS, SL);
-          score_page_wg1();
+          if constexpr (R) {
+            wgmma_wait<1>();  // P V of page b done: the rest of K1 is free
+            load_to(2 * cur + 1, next_b, VS, SL);
+            wgmma_wait<0>();  // P V of page a done: the rest of K0 is free
+            load_to(2 * cur, next_a, VS, SL);
+          }
+          score_page_wg1(nxt);
         }
       }
       wgmma_wait<0>();
@@ -470,12 +484,16 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
     using F = std::false_type;
     using T1 = std::true_type;
     for (int pa = 0; pa < n; pa += 2) {
-      if (pa + 2 < n)
-        pair(pa, F{}, T1{});
-      else if (pa + 1 < n)
-        pair(pa, T1{}, T1{});
-      else
-        pair(pa, T1{}, F{});
+      const int cur = NS == 2 ? (pa >> 1) & 1 : 0;  // this pair's buffer set
+      if (pa + 2 * NS < n) {
+        pair(pa, cur, F{}, T1{}, T1{});
+      } else if (pa + 2 < n) {  // with two sets: a pair follows, but none two ahead to refill for
+        if constexpr (NS == 2) pair(pa, cur, F{}, T1{}, F{});
+      } else if (pa + 1 < n) {
+        pair(pa, cur, T1{}, T1{}, F{});
+      } else {
+        pair(pa, cur, T1{}, F{}, F{});
+      }
     }
 
     // The combine grid may launch once every CTA is at its last epilogue (as FlashMLA triggers it); triggering
