@@ -162,7 +162,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
       const bool ok = qr < p.rows;
       const int i = ok ? qr / p.g : 0, j = ok ? qr % p.g : 0;
       const T* src = qg + req * p.q_bs + i * p.q_ss + (h * p.g + j) * p.q_hs + ch * 8;
-      unsigned char* dst = smem + (q_addr - base) + sw128(row, ch);
+      const uint32_t dst = q_addr + sw128(row, ch);
 #pragma unroll
       for (int sl = 0; sl < SL - 1; ++sl) cp_async16(dst + sl * SB, src + sl * 64, ok ? 16 : 0);
     }
