@@ -247,7 +247,8 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
     for (int t = 0; t < NH / 2; ++t) o[t] = 0.f;
     float m_run[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
-    // Prologue: page first + w into buffer w, Q visible to both warpgroups, S of the first pair.
+    // Prologue: page first + w into buffer w (and, with two sets, first + 2 + w into buffer 2 + w), Q visible to
+    // both warpgroups, S of the first pair.
     if (n > 0) load_to(wg, first + wg < last ? bt[first + wg] : -1, 0, SL);
     if (NS == 2 && n > 2) load_to(2 + wg, first + 2 + wg < last ? bt[first + 2 + wg] : -1, 0, SL);
     cp_async_wait<0>();
