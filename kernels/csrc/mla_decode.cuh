@@ -147,26 +147,27 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
   const uint32_t q_base = static_cast<uint32_t>(__cvta_generic_to_shared(q_s));
   const uint32_t k_base = static_cast<uint32_t>(__cvta_generic_to_shared(k_s));
   const uint32_t p_base = static_cast<uint32_t>(__cvta_generic_to_shared(p_s));
-  uint32_t q_ld[4], k_ld[4], p_ld[4], v_ld[TL::kNTiles / 2];  // S: k step u of a slab; P V: 16-key step kk, column tile np
+  // a_ld: A operands (Q and P, both M-row tiles) at k step u of a slab; k_ld: K at k step u; v_ld: V column tile np.
+  uint32_t a_ld[4], k_ld[4], v_ld[TL::kNTiles / 2];
 #pragma unroll
   for (int u = 0; u < 4; ++u) {
-    q_ld[u] = q_base + 2 * slab_off(wr * 16 + (lane & 15), 2 * u + (lane >> 4), M);
+    a_ld[u] = 2 * slab_off(wr * 16 + (lane & 15), 2 * u + (lane >> 4), M);
     k_ld[u] = 2 * slab_off(wc * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * u + ((lane >> 3) & 1), kPage);
-    p_ld[u] = p_base + 2 * slab_off(wr * 16 + (lane & 15), 2 * u + (lane >> 4), M);
   }
 #pragma unroll
   for (int np = 0; np < TL::kNTiles / 2; ++np)
     v_ld[np] = 2 * slab_off((lane & 7) + ((lane >> 3) & 1) * 8, (wc * TL::kColsPerWarp + np * 16) / 8 + (lane >> 4), kPage);
   static_assert(kPage == 64, "P V steps of 16 keys: 4 per page, 1024 elements apart");
-  // The page loader's per-thread rows: thread tid copies chunk (tid & 7) of every slab of rows (tid >> 3) + NT/8 * pass.
+  // The loaders' rows: thread tid copies chunk lch of every 64-column slab for row lrow (+ NT/8 per page pass).
+  const int lch = tid & 7, lrow = tid >> 3;
   constexpr int kLoadPasses = kPage / (NT / 8);
   int ld_row[kLoadPasses];
   uint32_t ld_dst[kLoadPasses];
 #pragma unroll
   for (int pass = 0; pass < kLoadPasses; ++pass) {
-    const int row = (tid >> 3) + pass * (NT / 8);
+    const int row = lrow + pass * (NT / 8);
     ld_row[pass] = row * p.k_rs;
-    ld_dst[pass] = 2 * slab_off(row, tid & 7, kPage);
+    ld_dst[pass] = 2 * slab_off(row, lch, kPage);
   }
 
   for (int req = begin_req; req <= end_req; ++req) {
@@ -179,8 +180,6 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
     const int* bt = p.block_table + static_cast<int64_t>(req) * p.bt_stride;
 
     // Q tile: rows ordered (query i, head j of the group); rows past `rows` are zero.
-    // Thread tid copies chunk (tid & 7) of every 64-column slab for row (tid >> 3) (+ NT/8 per pass).
-    const int lch = tid & 7, lrow = tid >> 3;
     {
       const int row = lrow, qr = mt * M + row;  // NT / 8 == M: one pass
       const bool ok = qr < p.rows;
@@ -246,7 +245,7 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
           uint32_t a[4], bq[4];
-          ldsm_x4(a, q_ld[u] + sl * M * 128);
+          ldsm_x4(a, q_base + a_ld[u] + sl * M * 128);
           ldsm_x4(bq, kb + k_ld[u] + sl * kPage * 128);
           float(&acc)[2][4] = (u & 1) ? sc2 : sc;
           mma16816<T>(acc[0], a, bq[0], bq[1]);
@@ -313,7 +312,7 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
 #pragma unroll
       for (int kk = 0; kk < kPage / 16; ++kk) {
         uint32_t a[4];
-        ldsm_x4(a, p_ld[kk]);
+        ldsm_x4(a, p_base + a_ld[kk]);
 #pragma unroll
         for (int np = 0; np < TL::kNTiles / 2; ++np) {
           uint32_t bv[4];
