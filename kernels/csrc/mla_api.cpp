@@ -40,7 +40,8 @@ std::vector<at::Tensor> mla_metadata(const at::Tensor& seqlens, int64_t parts) {
 }
 
 // k_cache [blocks, page, h_kv, d_qk] as a TMA tensor map whose box is one 64-column slab of one page
-// (64 x 64 elements, 128-byte swizzle: the layout wgmma reads).
+// (64 x 64 elements, 128-byte swizzle: the layout wgmma reads). A slab row is 128 bytes, so the L2 promotion is
+// 128 bytes (FlashMLA's); 256 fetched the next slab's row early and moved ~30% more L2 sectors (ncu, H200).
 CUtensorMap k_cache_map(const at::Tensor& k, bool fp16) {
   static const auto encode = [] {
     void* fn = nullptr;
@@ -59,7 +60,7 @@ CUtensorMap k_cache_map(const at::Tensor& k, bool fp16) {
   CUtensorMap map{};
   const CUresult r = encode(&map, fp16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, k.data_ptr(),
                             dims, strides, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   TORCH_CHECK(r == CUDA_SUCCESS, "cuTensorMapEncodeTiled failed for k_cache (error ", static_cast<int>(r), ")");
   return map;
 }
