@@ -41,7 +41,8 @@ std::vector<at::Tensor> mla_metadata(const at::Tensor& seqlens, int64_t parts) {
 
 // k_cache [blocks, page, h_kv, d_qk] as a TMA tensor map whose box is one 64-column slab of one page
 // (64 x 64 elements, 128-byte swizzle: the layout wgmma reads). A slab row is 128 bytes, so the L2 promotion is
-// 128 bytes (FlashMLA's); 256 fetched the next slab's row early and moved ~30% more L2 sectors (ncu, H200).
+// 128 bytes (FlashMLA's); 256 also pulled in each row's neighbouring 128 bytes, which another slab's copy reads
+// later, and moved ~30% more L2 sectors (ncu, H200).
 CUtensorMap k_cache_map(const at::Tensor& k, bool fp16) {
   static const auto encode = [] {
     void* fn = nullptr;
