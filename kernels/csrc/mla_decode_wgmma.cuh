@@ -249,8 +249,11 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
 
     // Prologue: page first + w into buffer w (and, with two sets, first + 2 + w into buffer 2 + w), Q visible to
     // both warpgroups, S of the first pair.
-    if (n > 0) load_to(wg, first + wg < last ? bt[first + wg] : -1, 0, SL);
-    if (NS == 2 && n > 2) load_to(2 + wg, first + 2 + wg < last ? bt[first + 2 + wg] : -1, 0, SL);
+#pragma unroll
+    for (int set = 0; set < NS; ++set) {
+      const int blk = first + 2 * set + wg;
+      if (2 * set < n) load_to(2 * set + wg, blk < last ? bt[blk] : -1, 0, SL);
+    }
     cp_async_wait<0>();
     fence_proxy_async();
     __syncthreads();
