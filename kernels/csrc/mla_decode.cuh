@@ -62,6 +62,9 @@ __device__ __forceinline__ void mma16816(float* c, const uint32_t* a, uint32_t b
   }
 }
 
+// A shared-memory pointer as the 32-bit address the shared-memory instructions take.
+__device__ __forceinline__ uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+
 // ldmatrix from a shared-memory address (callers keep addresses as 32-bit offsets so immediates fold in).
 __device__ __forceinline__ void ldsm_x4(uint32_t* r, uint32_t a) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -144,9 +147,9 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
   // the row and the chunk within a slab, so every k step's address is one of these plus an immediate. Address
   // arithmetic in the loops was most of the kernel's instructions (ncu, H200, 256 x h_q=9 at 320/256: 16.3M -> 7.1M
   // instructions, 46.2 -> 44.5 us; without page copies it now runs in 31 us, so the copies bound it).
-  const uint32_t q_base = static_cast<uint32_t>(__cvta_generic_to_shared(q_s));
-  const uint32_t k_base = static_cast<uint32_t>(__cvta_generic_to_shared(k_s));
-  const uint32_t p_base = static_cast<uint32_t>(__cvta_generic_to_shared(p_s));
+  const uint32_t q_base = smem_u32(q_s);
+  const uint32_t k_base = smem_u32(k_s);
+  const uint32_t p_base = smem_u32(p_s);
   // a_ld: A operands (Q and P, both M-row tiles) at k step u of a slab; k_ld: K at k step u; v_ld: V column tile np.
   uint32_t a_ld[4], k_ld[4], v_ld[TL::kNTiles / 2];
 #pragma unroll
