@@ -378,18 +378,20 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
 #pragma unroll
         for (int r = 0; r < 4; ++r) a[kk][r] = Pack<T>::two(s[8 * kk + 2 * r] * f[r & 1], s[8 * kk + 2 * r + 1] * f[r & 1]);
     };
-    // One pair (page a = first + pa in K0, page b = a + 1 in K1 of buffer set `cur`), both scored on entry.
-    // LAST: no pair follows, so no S is issued. REFILL: the pair NS pairs ahead exists, so the buffers this
-    // pair frees are refilled with it. B: page b exists; a part's last pair may have page a alone, and then
-    // neither softmax nor P V runs for b (its S ran on an uncopied buffer and is unused).
-    auto pair = [&](int pa, int cur, auto last_pair, auto has_b, auto refill) {
+    // One pair (page a = first + pa in K0, page b = a + 1 in K1 of buffer set `cur`), both scored on entry, as
+    // warpgroup W runs it. LAST: no pair follows, so no S is issued. REFILL: the pair NS pairs ahead exists, so
+    // the buffers this pair frees are refilled with it. B: page b exists; a part's last pair may have page a
+    // alone, and then neither softmax nor P V runs for b (its S ran on an uncopied buffer and is unused).
+    auto pair = [&](int pa, auto warpgroup, auto last_pair, auto has_b, auto refill) {
+      constexpr int W = decltype(warpgroup)::value;
       constexpr bool LAST = decltype(last_pair)::value, B = decltype(has_b)::value, R = decltype(refill)::value;
+      const int cur = NS == 2 ? (pa >> 1) & 1 : 0;  // this pair's buffer set
       const int blk_a = first + pa, blk_b = blk_a + 1, nxt = NS == 2 ? cur ^ 1 : cur;
       const uint32_t dv_half0 = dv0 + cur * kSetDesc, dv_half1 = dv1 + cur * kSetDesc;
       // The next pair's pages, read now so the block-table latency is not in front of their copies.
       const int next_a = R ? bt[blk_a + 2 * NS] : 0, next_b = R && blk_b + 2 * NS < last ? bt[blk_b + 2 * NS] : -1;
       uint32_t a[4][4];
-      if (wg == 0) {
+      if constexpr (W == 0) {
         float mx[2], f0[2], m_use[2], rowsum[2];
         mask_rowmax(blk_a, mx);
         update_max(mx, f0);
@@ -484,19 +486,29 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
       fence_regs(s);
       fence_regs(o);
     };
+    // Each warpgroup runs the pairs in its own loop, the steady-state pairs in a tight one (as FlashMLA does):
+    // a pair starts right after the one before, with no dispatch between the pair kinds or the warpgroups.
     using F = std::false_type;
     using T1 = std::true_type;
-    for (int pa = 0; pa < n; pa += 2) {
-      const int cur = NS == 2 ? (pa >> 1) & 1 : 0;  // this pair's buffer set
-      if (pa + 2 * NS < n) {
-        pair(pa, cur, F{}, T1{}, T1{});
-      } else if (pa + 2 < n) {  // with two sets: a pair follows, but none two ahead to refill for
-        if constexpr (NS == 2) pair(pa, cur, F{}, T1{}, F{});
-      } else if (pa + 1 < n) {
-        pair(pa, cur, T1{}, T1{}, F{});
-      } else {
-        pair(pa, cur, T1{}, F{}, F{});
+    auto run_pairs = [&](auto warpgroup) {
+      int pa = 0;
+      for (; pa + 2 * NS < n; pa += 2) pair(pa, warpgroup, F{}, T1{}, T1{});
+      if constexpr (NS == 2) {
+        if (pa + 2 < n) {  // a pair follows, but none two ahead to refill for
+          pair(pa, warpgroup, F{}, T1{}, F{});
+          pa += 2;
+        }
       }
+      if (pa + 1 < n) {
+        pair(pa, warpgroup, T1{}, T1{}, F{});
+      } else if (pa < n) {
+        pair(pa, warpgroup, T1{}, F{}, F{});
+      }
+    };
+    if (wg == 0) {
+      run_pairs(std::integral_constant<int, 0>{});
+    } else {
+      run_pairs(std::integral_constant<int, 1>{});
     }
 
     // The combine grid may launch once every CTA is at its last epilogue (as FlashMLA triggers it); triggering
