@@ -19,7 +19,8 @@
 // page buffer issues its refill (warpgroup 0: the V0 half it owns, and K1's V half it owns; warpgroup 1
 // the rest), and S waits on each slab's barrier just before its four wgmma, so S starts on the first
 // slabs while the rest are in flight. The last Q slab lives in registers (wgmma with A from registers),
-// which leaves room in shared memory for the two P tiles.
+// which leaves room in shared memory for the two P tiles; it arrives through P tile 0 with the rest of Q, which
+// each request copies under the previous request's epilogue.
 // Epilogue: a request decoded whole writes O through shared memory with one bulk copy per row (FlashMLA
 // uses a TMA store); pieces of a split request write fp32 partials for the combine kernel, as in mla_decode.cuh.
 #pragma once
@@ -145,6 +146,25 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
   __syncthreads();
   uint32_t phase = 0;  // bit `set`: parity of this warpgroup's slab barriers in that set, one completion per page
 
+  // Q of request r: thread tid copies 16-byte chunk (tid & 7) of rows (tid >> 3) and (tid >> 3) + 32 of every
+  // slab. The last slab goes to P tile 0 (free between requests), from where the request's prologue moves it
+  // into registers. A request's Q is loaded under the previous request's epilogue, as FlashMLA does.
+  auto load_q = [&](int r) {
+#pragma unroll
+    for (int r2 = 0; r2 < 2; ++r2) {
+      const int row = (tid >> 3) + 32 * r2, qr = mt * 64 + row;
+      const bool ok = qr < p.rows;
+      const int i = ok ? qr / p.g : 0, j = ok ? qr % p.g : 0;
+      const T* src = qg + r * p.q_bs + i * p.q_ss + (h * p.g + j) * p.q_hs + ch * 8;
+      const uint32_t dst = q_addr + sw128(row, ch);
+#pragma unroll
+      for (int sl = 0; sl < SL - 1; ++sl) cp_async16(dst + sl * SB, src + sl * 64, ok ? 16 : 0);
+      cp_async16(p_addr(0) + sw128(row, ch), src + (SL - 1) * 64, ok ? 16 : 0);
+    }
+    cp_async_commit();
+  };
+  load_q(begin_req);
+
   for (int req = begin_req; req <= end_req; ++req) {
     const int len = p.seqlens[req];
     const int nblk = (len + kPage - 1) / kPage;
@@ -154,31 +174,6 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
     const int split = req == begin_req ? begin_split : 0;
     const int* bt = p.block_table + static_cast<int64_t>(req) * p.bt_stride;
 
-    // Q slabs [0, SL - 1): thread tid copies 16-byte chunk (tid & 7) of rows (tid >> 3) and (tid >> 3) + 32.
-#pragma unroll
-    for (int r2 = 0; r2 < 2; ++r2) {
-      const int row = (tid >> 3) + 32 * r2, qr = mt * 64 + row;
-      const bool ok = qr < p.rows;
-      const int i = ok ? qr / p.g : 0, j = ok ? qr % p.g : 0;
-      const T* src = qg + req * p.q_bs + i * p.q_ss + (h * p.g + j) * p.q_hs + ch * 8;
-      const uint32_t dst = q_addr + sw128(row, ch);
-#pragma unroll
-      for (int sl = 0; sl < SL - 1; ++sl) cp_async16(dst + sl * SB, src + sl * 64, ok ? 16 : 0);
-    }
-    cp_async_commit();
-    // Q's last slab as wgmma A fragments (k16 step kk: rows tr[0], tr[1]; columns c, c + 1 and c + 8, c + 9).
-    uint32_t q_last[4][4];
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const bool ok = qrow[e] < p.rows;
-      const int i = ok ? qrow[e] / p.g : 0, j = ok ? qrow[e] % p.g : 0;
-      const T* src = qg + req * p.q_bs + i * p.q_ss + (h * p.g + j) * p.q_hs + (SL - 1) * 64 + (lane & 3) * 2;
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        q_last[kk][e] = ok ? *reinterpret_cast<const uint32_t*>(src + kk * 16) : 0u;
-        q_last[kk][e + 2] = ok ? *reinterpret_cast<const uint32_t*>(src + kk * 16 + 8) : 0u;
-      }
-    }
 
     // Slabs [lo, hi) of cache page `page` into buffer w, one TMA copy per slab by one thread of the calling
     // warpgroup. Page -1 (the missing page b of a part's last pair) is not copied: its barriers complete at once.
@@ -193,6 +188,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
         }
       }
     };
+    uint32_t q_last[4][4];  // Q's last slab as wgmma A fragments, read from P tile 0 in the prologue below
     float s[32];  // this warpgroup's page scores (m64n64 accumulator), then its P
     const uint32_t dq = gmma_desc_lo(q_addr, 16), dk0 = gmma_desc_lo(k_addr(wg), 16);
     constexpr uint32_t kSetDesc = (2 * TL::kTileBytes) >> 4;  // descriptor step from one buffer set to the next
@@ -247,7 +243,8 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
     float m_run[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
     // Prologue: page first + w into buffer w (and, with two sets, first + 2 + w into buffer 2 + w), Q visible to
-    // both warpgroups, S of the first pair.
+    // both warpgroups, Q's last slab into registers (k16 step kk: rows tr[0], tr[1]; columns c, c + 1 and c + 8,
+    // c + 9, so 16-byte chunks 2kk and 2kk + 1), S of the first pair.
 #pragma unroll
     for (int set = 0; set < NS; ++set) {
       const int blk = first + 2 * set + wg;
@@ -256,6 +253,12 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
     cp_async_wait<0>();
     fence_proxy_async();
     __syncthreads();
+    const unsigned char* q_last_tile = smem + (p_addr(0) - base);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+        q_last[kk][r] = *reinterpret_cast<const uint32_t*>(q_last_tile + sw128(tr[r & 1], 2 * kk + (r >> 1)) + (lane & 3) * 4);
     if (n > 0) {
       if (wg == 0) {
 #pragma unroll
@@ -521,6 +524,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
       if ((lane & 3) == 0) s_sum[wg * 64 + tr[e]] = l[e];
     }
     __syncthreads();
+    if (req < end_req) load_q(req + 1);  // every wgmma of this request is done: Q and P tile 0 are free
     const int n_split = p.num_splits[req + 1] - p.num_splits[req];
     const int slot = p.num_splits[req] + split;
     float inv[2];  // 1 / row sum, 0 for an empty row
@@ -572,7 +576,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
         bulk_wait_read();
       }
     }
-    __syncthreads();  // Q, the page buffers, P and the sums are reused by the next request of this part
+    __syncthreads();  // the page buffers, P and the sums are reused by the next request of this part
   }
 }
 
