@@ -173,6 +173,20 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
     ld_dst[pass] = 2 * slab_off(row, lch, kPage);
   }
 
+  // Q tile of request r: rows ordered (query i, head j of the group); rows past `rows` are zero. A request's Q
+  // is copied under the previous request's epilogue (one commit group of its own).
+  auto load_q = [&](int r) {
+    const int row = lrow, qr = mt * M + row;  // NT / 8 == M: one pass
+    const bool ok = qr < p.rows;
+    const int i = ok ? qr / p.g : 0, j = ok ? qr % p.g : 0;
+    const T* src = qg + r * p.q_bs + i * p.q_ss + (h * p.g + j) * p.q_hs + lch * 8;
+    const uint32_t d = q_base + 2 * slab_off(row, lch, M);
+#pragma unroll
+    for (int sl = 0; sl < CH / 8; ++sl) cp_async16(d + sl * M * 128, src + sl * 64, ok ? 16 : 0);
+    cp_async_commit();
+  };
+  if (begin_req <= end_req) load_q(begin_req);  // a part past the batch's end has no work (begin_req == b)
+
   for (int req = begin_req; req <= end_req; ++req) {
     const int len = p.seqlens[req];
     const int nblk = (len + kPage - 1) / kPage;
@@ -182,16 +196,6 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
     const int split = req == begin_req ? begin_split : 0;
     const int* bt = p.block_table + static_cast<int64_t>(req) * p.bt_stride;
 
-    // Q tile: rows ordered (query i, head j of the group); rows past `rows` are zero.
-    {
-      const int row = lrow, qr = mt * M + row;  // NT / 8 == M: one pass
-      const bool ok = qr < p.rows;
-      const int i = ok ? qr / p.g : 0, j = ok ? qr % p.g : 0;
-      const T* src = qg + req * p.q_bs + i * p.q_ss + (h * p.g + j) * p.q_hs + lch * 8;
-      const uint32_t d = q_base + 2 * slab_off(row, lch, M);
-#pragma unroll
-      for (int sl = 0; sl < CH / 8; ++sl) cp_async16(d + sl * M * 128, src + sl * 64, ok ? 16 : 0);
-    }
     // Page blk (cache page `page`) into ring stage `stage`: rows past the sequence's end are zero-filled.
     auto load_page = [&](int stage, int blk, int page) {
       const int valid = min(kPage, len - blk * kPage);
@@ -335,6 +339,7 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
       if ((lane & 3) == 0) red_sum[wc * M + tr[e]] = l[e];
     }
     __syncthreads();
+    if (req < end_req) load_q(req + 1);  // every warp is past its last S: the Q tile is free
     const int n_split = p.num_splits[req + 1] - p.num_splits[req];
     const int slot = p.num_splits[req] + split;
 #pragma unroll
@@ -363,7 +368,7 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
         if (wc == 0 && (lane & 3) == 0) p.lse_acc[row_id] = lse_v;
       }
     }
-    __syncthreads();  // Q, P and the reductions are reused by the next request of this part
+    __syncthreads();  // P and the reductions are reused by the next request of this part
   }
 }
 

@@ -163,7 +163,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
     }
     cp_async_commit();
   };
-  load_q(begin_req);
+  if (begin_req <= end_req) load_q(begin_req);  // a part past the batch's end has no work (begin_req == b)
 
   for (int req = begin_req; req <= end_req; ++req) {
     const int len = p.seqlens[req];

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-import torch
+# One cudaMalloc per tensor: with PyTorch's caching allocator a read just past a tensor lands in the same
+# segment, and memcheck sees nothing (the kernels once read a missing request's Q that way).
+os.environ.setdefault("PYTORCH_NO_CUDA_MEMORY_CACHING", "1")
 
-from mlabatch.kernels import flash_mla_with_kvcache, get_mla_metadata
+import torch  # noqa: E402
+
+from mlabatch.kernels import flash_mla_with_kvcache, get_mla_metadata  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: tests/ holds kernel_oracle
 from kernel_oracle import make_case  # noqa: E402
