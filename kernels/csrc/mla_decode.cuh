@@ -339,7 +339,12 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
       if ((lane & 3) == 0) red_sum[wc * M + tr[e]] = l[e];
     }
     __syncthreads();
-    if (req < end_req) load_q(req + 1);  // every warp is past its last S: the Q tile is free
+    if (req < end_req) {
+      // Every warp is past its last S, so the Q tile is free; a request with no pages here never waited for its
+      // own Q copy, which must land before the next one writes the same bytes (the other groups are empty).
+      cp_async_wait<0>();
+      load_q(req + 1);
+    }
     const int n_split = p.num_splits[req + 1] - p.num_splits[req];
     const int slot = p.num_splits[req] + split;
 #pragma unroll
