@@ -1,0 +1,33 @@
+"""benchmarks/kernel_variants.py: every variant's source edits still apply to kernels/ as it is (they are found on
+the GPU machine otherwise), and each copy gets its own extension module name and C++ namespace."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("kernel_variants", ROOT / "benchmarks" / "kernel_variants.py")
+kernel_variants = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(kernel_variants)
+
+
+@pytest.mark.parametrize("name", sorted(kernel_variants.VARIANTS))
+def test_variant_edits_apply(tmp_path: Path, name: str) -> None:
+    root = kernel_variants.make_ours(name, tmp_path)
+    kernels = root / "mlabatch" / "kernels"
+    assert f'JIT_NAME = "mlabatch_kernels_jit_{name}"' in (kernels / "build.py").read_text()
+    assert (kernels / "csrc" / "mla_limits.h").read_text().startswith(f"#define mlabatch mlabatch_{name}\n")
+    original = (ROOT / "kernels" / kernel_variants.WG).read_text()
+    edited = (kernels / kernel_variants.WG).read_text()
+    assert (edited == original) == (name == "base")
+    for _, old, new in kernel_variants.VARIANTS[name]:
+        assert new in edited
+
+
+def test_an_edit_that_no_longer_applies_names_the_variant(tmp_path: Path) -> None:
+    (tmp_path / "f.cuh").write_text("int a;\n")
+    with pytest.raises(SystemExit, match="stale: expected one 'int b;'"):
+        kernel_variants.apply_edits(tmp_path / "f.cuh", [("int b;", "int c;")], "stale")
