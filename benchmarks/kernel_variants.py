@@ -73,6 +73,12 @@ VARIANTS: dict[str, list[tuple[str, str, str]]] = {
     "pf2": prefetch_variant("true", 2),
     "pf2_t0": prefetch_variant("mt == 0", 2),
     "pf4": prefetch_variant("true", 4),
+    # Not yet run: warpgroup 1 hands its max to warpgroup 0 after its softmax, FlashMLA's order (the eleventh session
+    # measured 0.987 on the kernel before the per-warpgroup pair loops).
+    "publish_late_wg1": [(WG, "          update_max(mx, f1);\n          publish(kScale1, m_use);\n          softmax(m_use, rowsum);",
+                          "          update_max(mx, f1);\n"
+                          "          for (int e = 0; e < 2; ++e) m_use[e] = m_run[e] == -INFINITY ? 0.f : m_run[e];\n"
+                          "          softmax(m_use, rowsum);\n          __syncwarp();\n          bar_arrive(kScale1);")],
     # Warpgroup 1 fences its P tile after issuing its own P V, as FlashMLA does, not before.
     "fence_late": [
         (WG, "a[kk]);\n      fence_proxy_async();\n    };", "a[kk]);\n    };"),
