@@ -2,8 +2,9 @@
 
 Each variant of ours is a copy of kernels/ with the text edits in VARIANTS, built in parallel into its own
 cache, with its own extension module name and C++ namespace: two builds of one extension in one process
-otherwise share a module name and symbols, and the second silently ran the first one's kernels. FlashMLA
-copies (FM_VARIANTS) keep FlashMLA's symbols, so a process loads at most one of them (two crashed). Timing is
+otherwise share a module name and symbols, and the second silently ran the first one's kernels. A FlashMLA
+copy (FM_VARIANTS) is built by the side-by-side tool's own `build_flashmla` (its flags, its module name), so a
+process loads at most one of them (two FlashMLA builds in one process crashed). Timing is
 the FlashMLA tool's (`make`, `graphed`, `timed`: CUDA-graph replay, L2 flushed, median of 30), same inputs
 for every variant, rounds in rotating order. The ablations make wrong outputs on purpose: they say what a part
 of the kernel costs, not a way to run it.
@@ -135,33 +136,12 @@ def module_name(name: str) -> str:
 
 
 def make_fm(tag: str, flashmla: Path, work: Path) -> Path:
-    """Copy FlashMLA's csrc into work/tag with the variant's edits and a pybind entry file; return the copy's root."""
+    """Copy FlashMLA's csrc into work/tag with the variant's edits; return the copy's root (the tool builds it)."""
     root = work / tag
     shutil.rmtree(root, ignore_errors=True)
     shutil.copytree(flashmla / "csrc", root / "csrc")
     apply_edits(root / "csrc" / FM_FILE, FM_VARIANTS[tag], tag, every=True)
-    (root / "api_dense.cpp").write_text('#include <pybind11/pybind11.h>\n#include "dense_decode.h"\n'
-                                        'PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("dense_decode_fwd", &dense_attn_decode_interface); }\n')
     return root
-
-
-def load_fm(tag: str, root: Path):
-    """Build (or load the earlier build of) FlashMLA's dense decode from `root` with the side-by-side tool's flags."""
-    import cutlass_library
-    from torch.utils.cpp_extension import load
-
-    cut = Path(cutlass_library.__file__).parent / "source"
-    src = root / "csrc"
-    incs = [src, src / "kerutils" / "include", src / "sm90", src / "api", cut / "include", cut / "tools" / "util" / "include",
-            Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include" / "cccl"]
-    flags = ["-O3", "-std=c++20", "-DNDEBUG", "-Wno-deprecated-declarations", "-DFLASH_MLA_DISABLE_FP16"]
-    return load(name=f"fmla_dense_{tag}", verbose=False, extra_include_paths=[str(p) for p in incs], extra_cflags=flags,
-                sources=[str(root / "api_dense.cpp"), str(src / "smxx/decode/get_decoding_sched_meta/get_decoding_sched_meta.cu"),
-                         str(src / "smxx/decode/combine/combine.cu"), str(src / "sm90/decode/dense/instantiations/bf16.cu")],
-                extra_cuda_cflags=flags + ["-D_USE_MATH_DEFINES", "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
-                                           "-U__CUDA_NO_HALF2_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
-                                           "--expt-relaxed-constexpr", "--expt-extended-lambda", "--use_fast_math",
-                                           "-gencode", "arch=compute_90a,code=sm_90a", "--threads", "8"])
 
 
 class Log:
@@ -178,8 +158,8 @@ class Log:
             self.file.flush()
 
 
-def build_all(names: list[str], fm: str | None, args: argparse.Namespace, emit: Log) -> dict[str, Path]:
-    """Build every variant of ours (and the FlashMLA copy) in parallel subprocesses; return each variant's .so."""
+def start_builds(names: list[str], args: argparse.Namespace) -> dict[str, subprocess.Popen]:
+    """Start building every variant of ours, each in its own subprocess, so they compile in parallel."""
     jobs = {}
     for name in names:
         root = make_ours(name, args.work)
@@ -187,17 +167,18 @@ def build_all(names: list[str], fm: str | None, args: argparse.Namespace, emit: 
                    MLABATCH_KERNELS_CACHE=str(root / "cache"), MAX_JOBS=str(args.jobs))
         code = "from mlabatch.kernels import build; m, why = build.load_extension(); print(why); assert m is not None"
         jobs[name] = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if fm:
-        root = make_fm(fm, args.flashmla_src, args.work)
-        code = f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import kernel_variants as k; k.load_fm({fm!r}, k.Path({str(root)!r}))"
-        jobs[fm] = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return jobs
+
+
+def finish_builds(jobs: dict[str, subprocess.Popen], args: argparse.Namespace, emit: Log) -> dict[str, Path]:
+    """Wait for the builds start_builds began; return each variant's .so."""
     start = time.time()
     for name, job in jobs.items():
         log = job.communicate()[0]
         if job.returncode != 0:
             raise SystemExit(f"building {name} failed:\n{log[-3000:]}")
         emit(event="built", variant=name, seconds=round(time.time() - start, 1))
-    return {n: next((args.work / n / "cache").glob(f"*/{module_name(n)}.so")) for n in names}
+    return {n: next((args.work / n / "cache").glob(f"*/{module_name(n)}.so")) for n in jobs}
 
 
 def load_ours(name: str, so: Path):
@@ -234,12 +215,15 @@ def main() -> None:
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     emit(event="device", name=torch.cuda.get_device_name(), variants=names, flashmla=fm, rounds=args.rounds)
-    sos = build_all(names, fm, args, emit)
+    jobs = start_builds(names, args)
+    fm_mod = None
+    if fm:  # built here by the tool's own build (its flags), while ours compile
+        tool.ARGS = argparse.Namespace(flashmla=str(make_fm(fm, args.flashmla_src, args.work)))
+        fm_mod = tool.build_flashmla()
+    exts = {n: load_ours(n, so) for n, so in finish_builds(jobs, args, emit).items()}
     sys.path.insert(0, str(args.work / names[0]))
     from mlabatch.kernels import scheduler  # the reference variant's copy (same schedule in every variant)
 
-    exts = {n: load_ours(n, so) for n, so in sos.items()}
-    fm_mod = load_fm(fm, args.work / fm) if fm else None
     flush = torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
     cases = [CASES[int(i)] for i in args.cases.split(",")] if args.cases else CASES
     logs: dict[str, list[float]] = {}
