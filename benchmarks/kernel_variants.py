@@ -80,6 +80,22 @@ VARIANTS: dict[str, list[tuple[str, str, str]]] = {
                           "          update_max(mx, f1);\n"
                           "          for (int e = 0; e < 2; ++e) m_use[e] = m_run[e] == -INFINITY ? 0.f : m_run[e];\n"
                           "          softmax(m_use, rowsum);\n          __syncwarp();\n          bar_arrive(kScale1);")],
+    # The copy loop's test for a missing page (-1) made once per call instead of once per slab.
+    "hoist_copy": [(WG, """      for (int sl = lo; sl < hi; ++sl) {
+        if (page >= 0) {
+          mbar_expect(bar_of(w, sl), SB);
+          tma_slab(k_addr(w) + sl * SB, &p.k_map, bar_of(w, sl), sl * 64, h, page);
+        } else {
+          mbar_arrive(bar_of(w, sl));
+        }
+      }""", """      if (page < 0) {
+        for (int sl = lo; sl < hi; ++sl) mbar_arrive(bar_of(w, sl));
+        return;
+      }
+      for (int sl = lo; sl < hi; ++sl) {
+        mbar_expect(bar_of(w, sl), SB);
+        tma_slab(k_addr(w) + sl * SB, &p.k_map, bar_of(w, sl), sl * 64, h, page);
+      }""")],
     # Warpgroup 1 fences its P tile after issuing its own P V, as FlashMLA does, not before.
     "fence_late": [
         (WG, "a[kk]);\n      fence_proxy_async();\n    };", "a[kk]);\n    };"),
@@ -88,6 +104,10 @@ VARIANTS: dict[str, list[tuple[str, str, str]]] = {
          "        if constexpr (B) {\n          pv_local(a, dv_half1);\n          fence_proxy_async();\n        }"),
     ],
 }
+# The causal mask compiled out of every pair but a part's last too, as the V-tail zeroing is (timing only: wrong
+# where s_q > 2 is causal and a sequence's last page is short), to see what the mask's code there costs.
+VARIANTS["nomask"] = [(WG, f"mask_rowmax({blk}, mx, LAST || p.causal)", f"mask_rowmax({blk}, mx, LAST)") for blk in ("blk_a", "blk_b")]
+VARIANTS["hoist_nomask"] = VARIANTS["hoist_copy"] + VARIANTS["nomask"]
 FM_FILE = "sm90/decode/dense/splitkv_mla.cuh"
 FM_VARIANTS: dict[str, list[tuple[str, str]]] = {  # the same ablations in FlashMLA's dense decode (every occurrence)
     "fm": [],

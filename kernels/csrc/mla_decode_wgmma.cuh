@@ -218,7 +218,8 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
       phase ^= 1u << set;
     };
     // Zero V rows [valid, kPage) of the V half `half` of buffer w (TMA copied whole pages; P is 0 there and
-    // the cache may hold NaN), for this warpgroup's next wgmma. Only called for pages of the part.
+    // the cache may hold NaN), for this warpgroup's next wgmma. Only a part's last pair calls it: the pages
+    // before hold whole pages (blk_b < last - 1 <= nblk - 1).
     auto zero_tail = [&](int w, int half, int blk) {
       const int valid = len - blk * kPage;
       if (valid >= kPage) return;
@@ -315,12 +316,12 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
       }
     };
     // Row maxima of this warpgroup's page `blk` in the exp2 domain (scale_log2 > 0, so the max of the raw
-    // scores is taken first). Keys past the part, the sequence or the causal limit become -inf, checked
-    // only where a warp's page has such keys.
-    auto mask_rowmax = [&](int blk, float (&mx)[2]) {
+    // scores is taken first). Keys past the sequence or the causal limit become -inf, checked only where
+    // `may_mask` (the part's last pair, or causal rows) and a warp's page has such keys.
+    auto mask_rowmax = [&](int blk, float (&mx)[2], bool may_mask) {
       const int end = blk * kPage + kPage;
       const bool whole = end <= lim[0] && end <= lim[1];
-      if (!__all_sync(0xffffffff, whole)) {
+      if (may_mask && !__all_sync(0xffffffff, whole)) {
 #pragma unroll
         for (int t = 0; t < 8; ++t)
 #pragma unroll
@@ -385,6 +386,9 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
     // warpgroup W runs it. LAST: no pair follows, so no S is issued. REFILL: the pair NS pairs ahead exists, so
     // the buffers this pair frees are refilled with it. B: page b exists; a part's last pair may have page a
     // alone, and then neither softmax nor P V runs for b (its S ran on an uncopied buffer and is unused).
+    // Only the last pair has a short page to zero and, unless causal, keys to mask: the other pairs leave that
+    // code out, as FlashMLA's templates do, and the steady pair loops are 18% shorter (911 / 1,056 SASS
+    // instructions instead of 1,117 / 1,252 at 576/512): 1.3% faster on the H200 (2% at h_q=128).
     auto pair = [&](int pa, auto warpgroup, auto last_pair, auto has_b, auto refill) {
       constexpr int W = decltype(warpgroup)::value;
       constexpr bool LAST = decltype(last_pair)::value, B = decltype(has_b)::value, R = decltype(refill)::value;
@@ -396,7 +400,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
       uint32_t a[4][4];
       if constexpr (W == 0) {
         float mx[2], f0[2], m_use[2], rowsum[2];
-        mask_rowmax(blk_a, mx);
+        mask_rowmax(blk_a, mx, LAST || p.causal);
         update_max(mx, f0);
         publish(kScale0, m_use);
         softmax(m_use, rowsum);
@@ -405,7 +409,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
         l[1] += rowsum[1];
         const float one[2] = {1.f, 1.f};
         pack_p(a, one);
-        zero_tail(2 * cur, 0, blk_a);
+        if constexpr (LAST) zero_tail(2 * cur, 0, blk_a);
         pv_local(a, dv_half0);
         wgmma_wait<0>();
         fence_regs(o);
@@ -420,7 +424,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
         pack_p(a, f1);  // P of page a under page b's max, for warpgroup 1
         store_p(a);
         bar_arrive(kP0);
-        if constexpr (B) zero_tail(2 * cur + 1, 0, blk_b);
+        if constexpr (B && LAST) zero_tail(2 * cur + 1, 0, blk_b);
         bar_wait(kP1);  // warpgroup 1 issued both its P V and stored P of page b
         scale_o(f1);
         if constexpr (B) pv_remote(1, dv_half1);
@@ -437,7 +441,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
         float f0[2], mx[2], f1[2], m_use[2], rowsum[2];
         // Page b's mask and row maxima need nothing from warpgroup 0 (ptxas keeps the masking ahead of the
         // barrier but sinks the max reduction below it: nothing orders arithmetic before a bar.sync).
-        if constexpr (B) mask_rowmax(blk_b, mx);
+        if constexpr (B) mask_rowmax(blk_b, mx, LAST || p.causal);
         bar_wait(kScale0);  // page a's max and the factor to it
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
@@ -468,9 +472,9 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
           const float one[2] = {1.f, 1.f};
           pack_p(a, one);
           store_p(a);
-          zero_tail(2 * cur + 1, 1, blk_b);
+          if constexpr (LAST) zero_tail(2 * cur + 1, 1, blk_b);
         }
-        zero_tail(2 * cur, 1, blk_a);
+        if constexpr (LAST) zero_tail(2 * cur, 1, blk_a);
         if constexpr (B) pv_local(a, dv_half1);
         bar_wait(kP0);  // P of page a
         pv_remote(0, dv_half0);
