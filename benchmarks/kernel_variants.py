@@ -96,6 +96,8 @@ VARIANTS: dict[str, list[tuple[str, str, str]]] = {
         mbar_expect(bar_of(w, sl), SB);
         tma_slab(k_addr(w) + sl * SB, &p.k_map, bar_of(w, sl), sl * 64, h, page);
       }""")],
+    # O rescaled by every factor, as FlashMLA does, instead of skipped where no row max of the warp moved.
+    "scale_always": [(WG, "      if (!__any_sync(0xffffffff, f[0] != 1.f || f[1] != 1.f)) return;\n", "")],
     # Warpgroup 1 fences its P tile after issuing its own P V, as FlashMLA does, not before.
     "fence_late": [
         (WG, "a[kk]);\n      fence_proxy_async();\n    };", "a[kk]);\n    };"),
