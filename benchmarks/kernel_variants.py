@@ -121,7 +121,8 @@ FM_VARIANTS: dict[str, list[tuple[str, str]]] = {  # the same ablations in Flash
 CASES = [(128, 1, 16, 4096, 576, 512, False), (128, 1, 64, 4096, 576, 512, False), (128, 1, 128, 4096, 576, 512, False),
          (128, 2, 128, 4096, 576, 512, False), (128, 1, 128, 8192, 576, 512, False), (128, 1, 128, 4096, 576, 512, True),
          (256, 1, 32, 700, 576, 512, True), (512, 1, 16, 1500, 576, 512, True), (32, 1, 128, 32768, 576, 512, False),
-         (256, 1, 9, 1024, 320, 256, False), (256, 1, 32, 700, 320, 256, True)]
+         (256, 1, 9, 1024, 320, 256, False), (256, 1, 32, 700, 320, 256, True),
+         (64, 1, 16, 2048, 576, 512, True)]
 
 
 def apply_edits(path: Path, edits: list[tuple[str, str]], what: str, every: bool = False) -> None:
