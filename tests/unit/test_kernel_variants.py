@@ -20,7 +20,7 @@ def test_variant_edits_apply(tmp_path: Path, name: str) -> None:
     kernels = root / "mlabatch" / "kernels"
     assert f'JIT_NAME = "mlabatch_kernels_jit_{name}"' in (kernels / "build.py").read_text()
     assert (kernels / "csrc" / "mla_limits.h").read_text().startswith(f"#define mlabatch mlabatch_{name}\n")
-    for f, old, new in kernel_variants.VARIANTS[name]:
+    for f, _, new in kernel_variants.VARIANTS[name]:
         assert new in (kernels / f).read_text()
     changed = {f for f, _, _ in kernel_variants.VARIANTS[name]}
     for f in changed | {kernel_variants.WG}:
