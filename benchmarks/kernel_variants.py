@@ -6,8 +6,11 @@ otherwise share a module name and symbols, and the second silently ran the first
 copy (FM_VARIANTS) is built by the side-by-side tool's own `build_flashmla` (its flags, its module name), so a
 process loads at most one of them (two FlashMLA builds in one process crashed). Timing is
 the FlashMLA tool's (`make`, `graphed`, `timed`: CUDA-graph replay, L2 flushed, median of 30), same inputs
-for every variant, rounds in rotating order. The ablations make wrong outputs on purpose: they say what a part
-of the kernel costs, not a way to run it.
+for every variant, rounds in rotating order; `--sustained S` times back-to-back replays for S seconds instead (no
+flush: the power-limited steady state of a busy GPU) and samples the SM clock (kernel_clocks.py). The ablations
+make wrong outputs on purpose: they say what a part of the kernel costs, not a way to run it. `--timeline` adds, per
+case, one call of each stamped build (variant `stamps`, FlashMLA `fm_stamps`) and the medians of its per-pair
+clock64 stamps (STAMP_POINTS).
 
 On the GPU machine, from the project root, with `.fmla/` as ../shared/tools/README.md describes (FlashMLA's
 sources and the tool) and the CUTLASS wheel on PYTHONPATH:
@@ -24,11 +27,13 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WG = "csrc/mla_decode_wgmma.cuh"
+COMBINE = "csrc/mla_decode.cuh"
 NEXT_PAGES = "const int next_a = R ? bt[blk_a + 2 * NS] : 0, next_b = R && blk_b + 2 * NS < last ? bt[blk_b + 2 * NS] : -1;"
 L2_PREFETCH = """__device__ __forceinline__ void l2_prefetch(const void* src, uint32_t bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\\n" ::"l"(src), "r"(bytes) : "memory");
@@ -49,6 +54,94 @@ def prefetch_variant(cond: str, ahead: int) -> list[tuple[str, str, str]]:
           if (pb + 1 < last) l2_prefetch(kb + static_cast<int64_t>(bt[pb + 1]) * p.k_bs * sizeof(T), kPage * DQK * sizeof(T));
         }}
       }}""")]
+
+
+# Per-pair timelines (--timeline): thread 0 of each warpgroup writes clock64() at fixed points of every steady-state
+# page pair into a buffer whose address the host reads from an environment variable at each call (ours: MLA_STAMPS,
+# FlashMLA: MLA_STAMPS_FM). Slot of a stamp: [CTA][warpgroup][pair >> 1 of the first page, mod 128][point]; a later
+# pair with the same slot overwrites all of its points. STAMP_POINTS names the points, the same places in both kernels
+# except where the kernels differ (ours publishes a warpgroup's max before its exponentials, FlashMLA after).
+STAMP_ENV = {"ours": "MLA_STAMPS", "flashmla": "MLA_STAMPS_FM"}
+STAMP_SLOTS, STAMP_POINTS = 128, {
+    0: ["top", "max published", "P V a issued", "P V a done", "wg1 max in", "K0 V half refill issued", "wg1 P V issued",
+        "P V b issued", "P V b done", "K1 V half refill issued", "S issued", "S done"],
+    1: ["top", "wg0 max in", "max published", "P stored", "P V b issued", "P of a in", "P V a issued",
+        "K1 rest refill issued", "K0 rest refill issued", "S issued", "S done"],
+}
+_CLOCK = 'unsigned long long t_; asm volatile("mov.u64 %0, %%clock64;" : "=l"(t_) :: "memory");'
+_SLOT = "((((long long)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x) * 2 + (W)) * (16 * 128) + (((BLK) >> 1) & 127) * 16 + (K)"
+
+
+def _insert(file: str, text: str, stamp: str, before: bool = False) -> tuple[str, str, str]:
+    return (file, text, stamp + text if before else text + stamp)
+
+
+def stamp_edits() -> list[tuple[str, str, str]]:
+    """Edits: our wgmma kernel stamps the points of STAMP_POINTS in every pair that refills (not a part's last pair)."""
+    at = [(0, "        mask_rowmax(blk_a, mx, LAST || p.causal);\n", True), (1, "        publish(kScale0, m_use);\n", False),
+          (2, "        pv_local(a, dv_half0);\n", False),
+          (5, "        if constexpr (R) load_to(2 * cur, next_a, 0, VS);", False), (6, "        bar_wait(kP1);", False),
+          (7, "        if constexpr (B) pv_remote(1, dv_half1);\n", False), (8, "          wgmma_wait<VS>();", False),
+          (9, "          if constexpr (R) load_to(2 * cur + 1, next_b, 0, VS);\n", False), (10, "          phase ^= 1u << nxt;\n", False),
+          (0, "        if constexpr (B) mask_rowmax(blk_b, mx, LAST || p.causal);\n", True), (1, "        bar_wait(kScale0);", False),
+          (2, "          publish(kScale1, m_use);\n", False), (3, "          store_p(a);\n", False),
+          (4, "        if constexpr (B) pv_local(a, dv_half1);\n", False), (5, "        bar_wait(kP0);", False),
+          (6, "        bar_arrive(kP1);\n", False), (7, "            load_to(2 * cur + 1, next_b, VS, SL);\n", False),
+          (8, "            load_to(2 * cur, next_a, VS, SL);\n", False), (9, "          score_page_wg1(nxt);\n", False)]
+    edits = [_insert(WG, text, f" STAMP({k});\n", before) for k, text, before in at]
+    edits.append((WG, "        bar_wait(kScale1);", " STAMP(3);\n        bar_wait(kScale1); STAMP(4);"))  # one on each side
+    edits.append((WG, "      fence_regs(s);\n      fence_regs(o);\n    };", "      fence_regs(s);\n      fence_regs(o);\n      STAMP(W == 0 ? 11 : 10);\n    };"))
+    edits.append((WG, "    auto pair = [&](int pa, auto warpgroup, auto last_pair, auto has_b, auto refill) {\n",
+                  "#define STAMP(K) if constexpr (R && !LAST) if (p.stamps != nullptr && wt == 0) { const int BLK = blk_a; " + _CLOCK
+                  + " p.stamps[" + _SLOT + "] = t_; }\n"
+                  "    auto pair = [&](int pa, auto warpgroup, auto last_pair, auto has_b, auto refill) {\n"))
+    edits.append(("csrc/mla_params.h", "  float scale_log2;          // softmax_scale * log2(e)\n",
+                  "  float scale_log2;          // softmax_scale * log2(e)\n  unsigned long long* stamps;\n"))
+    edits.append(("csrc/mla_api.cpp", "  p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);\n",
+                  "  p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);\n"
+                  '  if (const char* s = getenv("MLA_STAMPS")) p.stamps = reinterpret_cast<unsigned long long*>(strtoull(s, nullptr, 0));\n'))
+    return edits
+
+
+def fm_stamp_edits() -> list[tuple[str, str, str]]:
+    """Edits: FlashMLA's dense decode stamps the same points in its steady-state pairs (not the last two)."""
+    f = FM_FILE
+    wg0 = [(0, "    wg0_bunch_0<T, IS_BLK0_LAST||IS_BLK1_LAST>(", True), (1, "    NamedBarrier::arrive(T::NUM_THREADS, NamedBarriers::sScale0Ready);\n", False),
+           (2, "    warpgroup_cooperative_pv_gemm_localP<T>(rPb, sV0L, rO0, idx_in_warpgroup);\n", False),
+           (3, "    // Wait for rO0, launch TMA for the next V0L\n    cute::warpgroup_wait<0>();\n", False),
+           (4, "    NamedBarrier::arrive_and_wait(T::NUM_THREADS, NamedBarriers::sScale1Ready);\n", False),
+           (5, "        launch_kv_tiles_copy_tma<0, 4>(tma_gK(_, _, nxt_block0_index), sK0, tma_params.tma_K, barriers_K0, idx_in_warpgroup);\n", False),
+           (6, "        NamedBarrier::arrive_and_wait(T::NUM_THREADS, NamedBarriers::rO1sP0sV0RIssued);\n", False),
+           (7, "        warpgroup_cooperative_pv_gemm_remoteP<T>(sP1, sV1L, rO0, idx_in_warpgroup);\n", False),
+           (8, "        cute::warpgroup_wait<4>();\n", False),
+           (9, "        launch_kv_tiles_copy_tma<0, 4>(tma_gK(_, _, nxt_block1_index), sK1, tma_params.tma_K, barriers_K1, idx_in_warpgroup);\n", False),
+           (10, "        warpgroup_cooperative_qkt_gemm<T, 2>(sQ, sK0, rP0, rQ8, barriers_K0, cur_phase_K0, idx_in_warpgroup);\n", False),
+           (11, "    // Wait for P0 = Q @ K0^T\n    cute::warpgroup_wait<0>();\n", False)]
+    wg1 = [(2, "    NamedBarrier::arrive(T::NUM_THREADS, NamedBarriers::sScale1Ready);\n", False),
+           (3, "        save_rPb_to_sP<T>(rP1b, sP1, idx_in_warpgroup);\n", False),
+           (4, "        warpgroup_cooperative_pv_gemm_localP<T>(rP1b, sV1R, rO1, idx_in_warpgroup);\n", False),
+           (5, "    NamedBarrier::arrive_and_wait(T::NUM_THREADS, NamedBarriers::sP0Ready);\n", False),
+           (6, "        NamedBarrier::arrive(T::NUM_THREADS, NamedBarriers::rO1sP0sV0RIssued);\n", False),
+           (7, "        launch_kv_tiles_copy_tma<4, 9>(tma_gK(_, _, nxt_block1_index), sK1, tma_params.tma_K, barriers_K1, idx_in_warpgroup);\n", False),
+           (8, "        launch_kv_tiles_copy_tma<4, 9>(tma_gK(_, _, nxt_block0_index), sK0, tma_params.tma_K, barriers_K0, idx_in_warpgroup);\n", False),
+           (9, "        warpgroup_cooperative_qkt_gemm<T, 1>(sQ, sK1, rP1, rQ8, barriers_K1, cur_phase_K1, idx_in_warpgroup);\n    }\n", False)]
+    edits = [_insert(f, text, f"    STAMP0({k});\n", before) for k, text, before in wg0]
+    edits += [_insert(f, text, f"    STAMP1({k});\n", before) for k, text, before in wg1]
+    # warpgroup 1's first barrier gets a stamp on each side (points 0 and 1)
+    edits.append((f, "    NamedBarrier::arrive_and_wait(T::NUM_THREADS, NamedBarriers::sScale0Ready);\n",
+                  "    STAMP1(0);\n    NamedBarrier::arrive_and_wait(T::NUM_THREADS, NamedBarriers::sScale0Ready);\n    STAMP1(1);\n"))
+    edits.append((f, "    cute::warpgroup_wait<0>();\n}\n\n// A helper function for determining the length of the causal mask",
+                  "    cute::warpgroup_wait<0>();\n    STAMP1(10);\n}\n\n// A helper function for determining the length of the causal mask"))
+    slot0, slot1 = _SLOT.replace("(W)", "0").replace("(BLK)", "block_idx"), _SLOT.replace("(W)", "1").replace("(BLK)", "block_idx")
+    body = "if (params.stamps != nullptr && idx_in_warpgroup == 0) { " + _CLOCK + " params.stamps[{slot}] = t_; }"
+    edits.append((f, "using cutlass::arch::NamedBarrier;\n", "using cutlass::arch::NamedBarrier;\n#include <cstdlib>\n"
+                  "#define STAMP0(K) if constexpr (!IS_BLK0_LAST && !IS_BLK1_LAST) " + body.replace("{slot}", slot0) + "\n"
+                  "#define STAMP1(K) if constexpr (!IS_BLK0_LAST && !IS_BLK1_LAST && !IS_BLK2_LAST) " + body.replace("{slot}", slot1) + "\n"))
+    edits.append((f, "void run_flash_splitkv_mla_kernel(DenseAttnDecodeParams &params) {\n",
+                  "void run_flash_splitkv_mla_kernel(DenseAttnDecodeParams &params) {\n"
+                  '    params.stamps = getenv("MLA_STAMPS_FM") ? reinterpret_cast<unsigned long long*>(strtoull(getenv("MLA_STAMPS_FM"), nullptr, 0)) : nullptr;\n'))
+    edits.append(("params.h", "    float *__restrict__ oaccum_ptr;\n", "    float *__restrict__ oaccum_ptr;\n    unsigned long long* stamps;\n"))
+    return edits
 
 
 # name -> [(file under kernels/, old text, new text)]; "base" is the checkout as it is.
@@ -110,12 +203,182 @@ VARIANTS: dict[str, list[tuple[str, str, str]]] = {
 # where s_q > 2 is causal and a sequence's last page is short), to see what the mask's code there costs.
 VARIANTS["nomask"] = [(WG, f"mask_rowmax({blk}, mx, LAST || p.causal)", f"mask_rowmax({blk}, mx, LAST)") for blk in ("blk_a", "blk_b")]
 VARIANTS["hoist_nomask"] = VARIANTS["hoist_copy"] + VARIANTS["nomask"]
+VARIANTS["stamps"] = stamp_edits()
+# Each slab's expected bytes raised by the waiting warpgroup just before its wait (FlashMLA's place), not by the copying
+# thread before each copy; a missing page completes its bytes by `mbarrier.complete_tx` instead of an arrive.
+COPY_LOOP = """        if (page >= 0) {
+          mbar_expect(bar_of(w, sl), SB);
+          tma_slab(k_addr(w) + sl * SB, &p.k_map, bar_of(w, sl), sl * 64, h, page);
+        } else {
+          mbar_arrive(bar_of(w, sl));
+        }"""
+SLAB_WAIT = "      mbar_wait(bar_of(2 * set + wg, sl), (phase >> set) & 1);\n"
+COMPLETE_TX = """__device__ __forceinline__ void mbar_complete_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.complete_tx.shared::cta.b64 [%0], %1;\\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+"""
+VARIANTS["expect_at_wait"] = [
+    (WG, COPY_LOOP, """        if (page >= 0) {
+          tma_slab(k_addr(w) + sl * SB, &p.k_map, bar_of(w, sl), sl * 64, h, page);
+        } else {
+          mbar_complete_tx(bar_of(w, sl), SB);
+        }"""),
+    (WG, SLAB_WAIT, "      if (wt == 0) mbar_expect(bar_of(2 * set + wg, sl), SB);\n" + SLAB_WAIT),
+    (WG, "// Each page is read once per CTA", COMPLETE_TX + "// Each page is read once per CTA"),
+]
+# The copying thread issues a call's copies first and raises their barriers' expected bytes after them.
+VARIANTS["expect_after_copies"] = [
+    (WG, COPY_LOOP, """        if (page >= 0) tma_slab(k_addr(w) + sl * SB, &p.k_map, bar_of(w, sl), sl * 64, h, page);
+      }
+      for (int sl = lo; sl < hi; ++sl) {
+        if (page >= 0) {
+          mbar_expect(bar_of(w, sl), SB);
+        } else {
+          mbar_arrive(bar_of(w, sl));
+        }"""),
+]
+# Warpgroup 0 hands its max to warpgroup 1 after its exponentials (FlashMLA's order for warpgroup 0), so the two
+# softmaxes do not share the SFUs; its P registers are fenced before the arrive so ptxas cannot sink the exponentials.
+VARIANTS["publish_late_wg0"] = [
+    (WG, "        publish(kScale0, m_use);\n        softmax(m_use, rowsum);\n",
+     "        for (int e = 0; e < 2; ++e) m_use[e] = m_run[e] == -INFINITY ? 0.f : m_run[e];\n"
+     "        softmax(m_use, rowsum);\n        fence_regs(s);\n        __syncwarp();\n        bar_arrive(kScale0);\n"),
+]
+VARIANTS["expect_late_wg0"] = VARIANTS["expect_at_wait"] + VARIANTS["publish_late_wg0"]
+VARIANTS["stamps_expect"] = VARIANTS["expect_at_wait"] + stamp_edits()
+VARIANTS["stamps_late_wg0"] = VARIANTS["publish_late_wg0"] + [
+    e for e in stamp_edits() if e[1] != "        publish(kScale0, m_use);\n"] + [
+    (WG, "        bar_arrive(kScale0);\n", "        bar_arrive(kScale0);\n STAMP(1);\n")]
+# The combine kernel as FlashMLA's does it: the first piece loaded before the log-sum-exp, each lse read from global
+# memory once into shared memory and turned into its weight there, the next piece loaded while one is summed.
+VARIANTS["combine_fm"] = [
+    (COMBINE, """constexpr int kCombineWarps = 8;
+template <typename T, int DV>
+__global__ void __launch_bounds__(kCombineWarps * 32) mla_combine_kernel(const __grid_constant__ MlaParams p) {
+  const int req = blockIdx.x;
+  const int lane = threadIdx.x & 31;
+  const int gr = blockIdx.y * kCombineWarps + (threadIdx.x >> 5);
+  const int base = p.num_splits[req], n = p.num_splits[req + 1] - base;  // written before the decode grid
+  if (n <= 1 || gr >= p.h_kv * p.rows) return;
+  asm volatile("griddepcontrol.wait;\\n" ::: "memory");
+  const int h = gr / p.rows, qrow = gr % p.rows;
+  auto row_id = [&](int s) { return (static_cast<int64_t>(base + s) * p.h_kv + h) * p.rows + qrow; };
+  float mx = -INFINITY;
+  for (int s = lane; s < n; s += 32) mx = fmaxf(mx, p.lse_acc[row_id(s)]);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
+  float sum = 0.f;
+  if (mx != -INFINITY)
+    for (int s = lane; s < n; s += 32) sum += __expf(p.lse_acc[row_id(s)] - mx);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
+  const bool empty = mx == -INFINITY;
+  const float lse = empty ? INFINITY : mx + __logf(sum);
+  const int i = qrow / p.g, hq = h * p.g + qrow % p.g;
+  T* dst = static_cast<T*>(p.out) + ((static_cast<int64_t>(req) * p.s_q + i) * p.h_q + hq) * DV;
+  // Lane l owns columns 4l + 128k: all of a piece's loads for this row are issued before they are summed.
+  constexpr int kChunks = (DV + 127) / 128;
+  float4 acc[kChunks];
+#pragma unroll
+  for (int k = 0; k < kChunks; ++k) acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 2
+  for (int s = 0; s < n && !empty; ++s) {
+    const float w = __expf(p.lse_acc[row_id(s)] - lse);
+    const float* src = p.o_acc + row_id(s) * DV;
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      const int c = lane * 4 + k * 128;
+      if (c >= DV) continue;
+      const float4 v = *reinterpret_cast<const float4*>(src + c);
+      acc[k].x += w * v.x;
+      acc[k].y += w * v.y;
+      acc[k].z += w * v.z;
+      acc[k].w += w * v.w;
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < kChunks; ++k) {
+    const int c""",
+     """// As FlashMLA's combine does, the first piece's partial is loaded before the log-sum-exp, whose inputs are read
+// from global memory once (into shared memory, then turned into each piece's weight there), and every later
+// piece's partial is loaded while the one before is summed.
+constexpr int kCombineWarps = 8;
+template <typename T, int DV>
+__global__ void __launch_bounds__(kCombineWarps * 32) mla_combine_kernel(const __grid_constant__ MlaParams p) {
+  extern __shared__ float s_weight[];  // [kCombineWarps][p.num_parts]: a row's pieces' lse, then their weights
+  const int req = blockIdx.x;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int gr = blockIdx.y * kCombineWarps + warp;
+  const int base = p.num_splits[req], n = p.num_splits[req + 1] - base;  // written before the decode grid
+  if (n <= 1 || gr >= p.h_kv * p.rows) return;
+  asm volatile("griddepcontrol.wait;\\n" ::: "memory");
+  const int h = gr / p.rows, qrow = gr % p.rows;
+  auto row_id = [&](int s) { return (static_cast<int64_t>(base + s) * p.h_kv + h) * p.rows + qrow; };
+  // Lane l owns columns 4l + 128k of the row; `piece` holds them for one piece.
+  constexpr int kChunks = (DV + 127) / 128;
+  float4 piece[kChunks] = {};
+  auto load_piece = [&](int s) {
+    const float* src = p.o_acc + row_id(s) * DV;
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k)
+      if (lane * 4 + k * 128 < DV) piece[k] = *reinterpret_cast<const float4*>(src + lane * 4 + k * 128);
+  };
+  load_piece(0);
+  float* w = s_weight + warp * p.num_parts;  // a request has at most one piece per part
+  float mx = -INFINITY;
+  for (int s = lane; s < n; s += 32) {
+    w[s] = p.lse_acc[row_id(s)];
+    mx = fmaxf(mx, w[s]);
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
+  const bool empty = mx == -INFINITY;
+  float sum = 0.f;
+  for (int s = lane; s < n && !empty; s += 32) sum += __expf(w[s] - mx);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
+  const float lse = empty ? INFINITY : mx + __logf(sum);
+  for (int s = lane; s < n; s += 32) w[s] = __expf(w[s] - lse);
+  __syncwarp();
+  float4 acc[kChunks];
+#pragma unroll
+  for (int k = 0; k < kChunks; ++k) acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 1
+  for (int s = 0; s < n && !empty; ++s) {
+    const float ws = w[s];
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      acc[k].x += ws * piece[k].x;
+      acc[k].y += ws * piece[k].y;
+      acc[k].z += ws * piece[k].z;
+      acc[k].w += ws * piece[k].w;
+    }
+    if (s + 1 < n) load_piece(s + 1);
+  }
+  const int i = qrow / p.g, hq = h * p.g + qrow % p.g;
+  T* dst = static_cast<T*>(p.out) + ((static_cast<int64_t>(req) * p.s_q + i) * p.h_q + hq) * DV;
+#pragma unroll
+  for (int k = 0; k < kChunks; ++k) {
+    const int c"""),
+    (COMBINE, """  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(p.b, (p.h_kv * p.rows + kCombineWarps - 1) / kCombineWarps);
+  cfg.blockDim = dim3(kCombineWarps * 32);
+""",
+     """  const size_t smem = kCombineWarps * p.num_parts * sizeof(float);
+  if (smem > 48 * 1024) cudaFuncSetAttribute(mla_combine_kernel<T, DV>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(p.b, (p.h_kv * p.rows + kCombineWarps - 1) / kCombineWarps);
+  cfg.blockDim = dim3(kCombineWarps * 32);
+  cfg.dynamicSmemBytes = smem;
+""")
+]
 FM_FILE = "sm90/decode/dense/splitkv_mla.cuh"
-FM_VARIANTS: dict[str, list[tuple[str, str]]] = {  # the same ablations in FlashMLA's dense decode (every occurrence)
+FM_VARIANTS: dict[str, list[tuple[str, str, str]]] = {  # the same ablations in FlashMLA's dense decode (every occurrence)
     "fm": [],
-    "fm_hot": [("__ldg(block_table_ptr + (block_idx)))", "__ldg(block_table_ptr + 0))")],
-    "fm_s_skip": [("    cute::gemm(tiled_mma, thr_mma_", "    if (false) cute::gemm(tiled_mma, thr_mma_")],
-    "fm_pv_skip": [("    gemm<false, -1>(tiled_mma, ", "    if (false) gemm<false, -1>(tiled_mma, ")],
+    "fm_hot": [(FM_FILE, "__ldg(block_table_ptr + (block_idx)))", "__ldg(block_table_ptr + 0))")],
+    "fm_s_skip": [(FM_FILE, "    cute::gemm(tiled_mma, thr_mma_", "    if (false) cute::gemm(tiled_mma, thr_mma_")],
+    "fm_pv_skip": [(FM_FILE, "    gemm<false, -1>(tiled_mma, ", "    if (false) gemm<false, -1>(tiled_mma, ")],
+    "fm_stamps": fm_stamp_edits(),
 }
 # b, s_q, h_q, s_k, d_qk, d_v, varlen (h_kv = 1): the side-by-side tool's cases that these measurements use
 CASES = [(128, 1, 16, 4096, 576, 512, False), (128, 1, 64, 4096, 576, 512, False), (128, 1, 128, 4096, 576, 512, False),
@@ -163,8 +426,36 @@ def make_fm(tag: str, flashmla: Path, work: Path) -> Path:
     root = work / tag
     shutil.rmtree(root, ignore_errors=True)
     shutil.copytree(flashmla / "csrc", root / "csrc")
-    apply_edits(root / "csrc" / FM_FILE, FM_VARIANTS[tag], tag, every=True)
+    by_file: dict[str, list[tuple[str, str]]] = {}
+    for f, old, new in FM_VARIANTS[tag]:
+        by_file.setdefault(f, []).append((old, new))
+    for f, edits in by_file.items():
+        apply_edits(root / "csrc" / f, edits, tag, every=True)
     return root
+
+
+def timeline(stamps, window: int = 20000) -> dict:
+    """Medians over the steady pairs in a stamp buffer (see STAMP_POINTS): cycles from warpgroup 0's last S done of
+    the pair before to each point of the pair, per warpgroup, and the pair's length. A slot counts where every point
+    of both warpgroups is stamped and they belong to one pair (within `window` cycles)."""
+    import torch
+
+    n0, n1 = len(STAMP_POINTS[0]), len(STAMP_POINTS[1])
+    st = stamps.view(-1, 2, STAMP_SLOTS, 16).cpu()
+    w0, w1 = st[:, 0, :, :n0], st[:, 1, :, :n1]
+    ok = (w0 > 0).all(-1) & (w1 > 0).all(-1) & ((w1[..., 0] - w0[..., 0]).abs() < window)
+    prev_done = torch.roll(w0[..., n0 - 1], 1, dims=1)  # slot s - 1's S done (slot 0 takes slot 127's: filtered below)
+    gap = w0[..., 0] - prev_done
+    use = ok & torch.roll(ok, 1, dims=1) & (gap > 0) & (gap < window)
+    use[:, 0] = False
+    if not bool(use.any()):
+        return {"pairs": 0}
+    med = lambda x: int(x.median())  # noqa: E731
+    pair = (gap + w0[..., n0 - 1] - w0[..., 0])[use].double()
+    return {"pairs": int(use.sum()), "pair_cycles": med(pair), "pair_cycles_mean": round(float(pair.mean())),
+            "pair_cycles_p10_p90": [round(float(q)) for q in torch.quantile(pair, torch.tensor([0.1, 0.9], dtype=pair.dtype))],
+            "wg0": {name: med((w0[..., k] - prev_done)[use]) for k, name in enumerate(STAMP_POINTS[0])},
+            "wg1": {name: med((w1[..., k] - prev_done)[use]) for k, name in enumerate(STAMP_POINTS[1])}}
 
 
 class Log:
@@ -223,6 +514,10 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=4, help="ninja jobs per build of ours")
     ap.add_argument("--work", type=Path, default=Path("/tmp/mlabatch-variants"))
     ap.add_argument("--out", type=Path, help="also write the JSON lines here")
+    ap.add_argument("--sustained", type=float, default=0.0, help="time each variant by back-to-back replays for this many "
+                    "seconds (no L2 flush: the power-limited steady state) instead of the tool's flushed median, with the SM clock")
+    ap.add_argument("--timeline", action="store_true", help="per case, one stamped call of each stamped build (variant "
+                    "stamps, FlashMLA fm_stamps) and its pair timeline")
     args = ap.parse_args()
     fm = args.flashmla or None
     names = args.variants.split(",")
@@ -248,6 +543,12 @@ def main() -> None:
     from mlabatch.kernels import scheduler  # the reference variant's copy (same schedule in every variant)
 
     flush = torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
+    smi: list[tuple[float, float, float, float]] = []
+    if args.sustained:  # nvidia-smi samples the SM clock for each timing window
+        spec = importlib.util.spec_from_file_location("kernel_clocks", Path(__file__).with_name("kernel_clocks.py"))
+        clocks = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(clocks)
+        threading.Thread(target=clocks.sample_smi, args=(smi, threading.Event(), 20), daemon=True).start()
     cases = [CASES[int(i)] for i in args.cases.split(",")] if args.cases else CASES
     logs: dict[str, list[float]] = {}
     for b, s_q, h_q, s_k, d, dv, varlen in cases:
@@ -264,15 +565,34 @@ def main() -> None:
             _, _, tsm, ns = fm_mod.dense_decode_fwd(q, kc, dv, ln, tb, scale, True, None, None)
             fns[fm] = tool.graphed(lambda: fm_mod.dense_decode_fwd(q, kc, dv, ln, tb, scale, True, tsm, ns))
         us: dict[str, list[float]] = {n: [] for n in fns}
+        mhz: dict[str, list[int]] = {n: [] for n in fns}
         order = list(fns)
         for r in range(args.rounds):
             for n in order[r % len(order):] + order[: r % len(order)]:
-                us[n].append(round(tool.timed(fns[n], 30, flush), 1))
+                if args.sustained:
+                    t, t0, t1 = clocks.replay_for(fns[n], args.sustained)
+                    window = clocks.steady(smi, t0, t1)
+                    mhz[n].append(round(sum(s[1] for s in window) / max(len(window), 1)))
+                else:
+                    t = tool.timed(fns[n], 30, flush)
+                us[n].append(round(t, 1))
         best = {n: min(v) for n, v in us.items()}
         for n in best:
             logs.setdefault(n, []).append(math.log(best[names[0]] / best[n]))
         emit(case=[b, s_q, h_q, round(sum(lens) / b), d, dv, varlen], us=us, max_abs_diff_vs_first=diff,
-             first_over_variant={n: round(best[names[0]] / best[n], 4) for n in best})
+             first_over_variant={n: round(best[names[0]] / best[n], 4) for n in best}, **({"sm_mhz": mhz} if args.sustained else {}))
+        if args.timeline:
+            stamped = [(n, calls[n], STAMP_ENV["ours"]) for n in calls if n.startswith("stamps")]
+            if fm == "fm_stamps" and (d, dv) == (576, 512):
+                stamped.append((fm, lambda: fm_mod.dense_decode_fwd(q, kc, dv, ln, tb, scale, True, tsm, ns), STAMP_ENV["flashmla"]))
+            for n, call, env in stamped:
+                buf = torch.zeros(4096 * 2 * STAMP_SLOTS * 16, dtype=torch.int64, device="cuda")
+                os.environ[env] = str(buf.data_ptr())
+                flush.zero_()
+                call()
+                torch.cuda.synchronize()
+                del os.environ[env]
+                emit(case=[b, s_q, h_q, round(sum(lens) / b), d, dv, varlen], timeline=n, **timeline(buf))
         del q, kc, fns, calls
         torch.cuda.empty_cache()
     emit(geomean_first_over_variant={n: round(math.exp(sum(v) / len(v)), 4) for n, v in logs.items()},
