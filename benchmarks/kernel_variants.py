@@ -10,7 +10,7 @@ for every variant, rounds in rotating order; `--sustained S` times back-to-back 
 flush: the power-limited steady state of a busy GPU) and samples the SM clock (kernel_clocks.py). The ablations
 make wrong outputs on purpose: they say what a part of the kernel costs, not a way to run it. `--timeline` adds, per
 case, one call of each stamped build (variant `stamps`, FlashMLA `fm_stamps`) and the medians of its per-pair
-clock64 stamps (STAMP_POINTS).
+clock64 stamps (kernel_stamps.py).
 
 On the GPU machine, from the project root, with `.fmla/` as ../shared/tools/README.md describes (FlashMLA's
 sources and the tool) and the CUTLASS wheel on PYTHONPATH:
@@ -34,6 +34,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WG = "csrc/mla_decode_wgmma.cuh"
 COMBINE = "csrc/mla_decode.cuh"
+
+
+def _sibling(name: str):
+    """Import benchmarks/<name>.py (the benchmarks folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+stamps = _sibling("kernel_stamps")
 NEXT_PAGES = "const int next_a = R ? bt[blk_a + 2 * NS] : 0, next_b = R && blk_b + 2 * NS < last ? bt[blk_b + 2 * NS] : -1;"
 L2_PREFETCH = """__device__ __forceinline__ void l2_prefetch(const void* src, uint32_t bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\\n" ::"l"(src), "r"(bytes) : "memory");
@@ -54,94 +65,6 @@ def prefetch_variant(cond: str, ahead: int) -> list[tuple[str, str, str]]:
           if (pb + 1 < last) l2_prefetch(kb + static_cast<int64_t>(bt[pb + 1]) * p.k_bs * sizeof(T), kPage * DQK * sizeof(T));
         }}
       }}""")]
-
-
-# Per-pair timelines (--timeline): thread 0 of each warpgroup writes clock64() at fixed points of every steady-state
-# page pair into a buffer whose address the host reads from an environment variable at each call (ours: MLA_STAMPS,
-# FlashMLA: MLA_STAMPS_FM). Slot of a stamp: [CTA][warpgroup][pair >> 1 of the first page, mod 128][point]; a later
-# pair with the same slot overwrites all of its points. STAMP_POINTS names the points, the same places in both kernels
-# except where the kernels differ (ours publishes a warpgroup's max before its exponentials, FlashMLA after).
-STAMP_ENV = {"ours": "MLA_STAMPS", "flashmla": "MLA_STAMPS_FM"}
-STAMP_SLOTS, STAMP_POINTS = 128, {
-    0: ["top", "max published", "P V a issued", "P V a done", "wg1 max in", "K0 V half refill issued", "wg1 P V issued",
-        "P V b issued", "P V b done", "K1 V half refill issued", "S issued", "S done"],
-    1: ["top", "wg0 max in", "max published", "P stored", "P V b issued", "P of a in", "P V a issued",
-        "K1 rest refill issued", "K0 rest refill issued", "S issued", "S done"],
-}
-_CLOCK = 'unsigned long long t_; asm volatile("mov.u64 %0, %%clock64;" : "=l"(t_) :: "memory");'
-_SLOT = "((((long long)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x) * 2 + (W)) * (16 * 128) + (((BLK) >> 1) & 127) * 16 + (K)"
-
-
-def _insert(file: str, text: str, stamp: str, before: bool = False) -> tuple[str, str, str]:
-    return (file, text, stamp + text if before else text + stamp)
-
-
-def stamp_edits() -> list[tuple[str, str, str]]:
-    """Edits: our wgmma kernel stamps the points of STAMP_POINTS in every pair that refills (not a part's last pair)."""
-    at = [(0, "        mask_rowmax(blk_a, mx, LAST || p.causal);\n", True), (1, "        publish(kScale0, m_use);\n", False),
-          (2, "        pv_local(a, dv_half0);\n", False),
-          (5, "        if constexpr (R) load_to(2 * cur, next_a, 0, VS);", False), (6, "        bar_wait(kP1);", False),
-          (7, "        if constexpr (B) pv_remote(1, dv_half1);\n", False), (8, "          wgmma_wait<VS>();", False),
-          (9, "          if constexpr (R) load_to(2 * cur + 1, next_b, 0, VS);\n", False), (10, "          phase ^= 1u << nxt;\n", False),
-          (0, "        if constexpr (B) mask_rowmax(blk_b, mx, LAST || p.causal);\n", True), (1, "        bar_wait(kScale0);", False),
-          (2, "          publish(kScale1, m_use);\n", False), (3, "          store_p(a);\n", False),
-          (4, "        if constexpr (B) pv_local(a, dv_half1);\n", False), (5, "        bar_wait(kP0);", False),
-          (6, "        bar_arrive(kP1);\n", False), (7, "            load_to(2 * cur + 1, next_b, VS, SL);\n", False),
-          (8, "            load_to(2 * cur, next_a, VS, SL);\n", False), (9, "          score_page_wg1(nxt);\n", False)]
-    edits = [_insert(WG, text, f" STAMP({k});\n", before) for k, text, before in at]
-    edits.append((WG, "        bar_wait(kScale1);", " STAMP(3);\n        bar_wait(kScale1); STAMP(4);"))  # one on each side
-    edits.append((WG, "      fence_regs(s);\n      fence_regs(o);\n    };", "      fence_regs(s);\n      fence_regs(o);\n      STAMP(W == 0 ? 11 : 10);\n    };"))
-    edits.append((WG, "    auto pair = [&](int pa, auto warpgroup, auto last_pair, auto has_b, auto refill) {\n",
-                  "#define STAMP(K) if constexpr (R && !LAST) if (p.stamps != nullptr && wt == 0) { const int BLK = blk_a; " + _CLOCK
-                  + " p.stamps[" + _SLOT + "] = t_; }\n"
-                  "    auto pair = [&](int pa, auto warpgroup, auto last_pair, auto has_b, auto refill) {\n"))
-    edits.append(("csrc/mla_params.h", "  float scale_log2;          // softmax_scale * log2(e)\n",
-                  "  float scale_log2;          // softmax_scale * log2(e)\n  unsigned long long* stamps;\n"))
-    edits.append(("csrc/mla_api.cpp", "  p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);\n",
-                  "  p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);\n"
-                  '  if (const char* s = getenv("MLA_STAMPS")) p.stamps = reinterpret_cast<unsigned long long*>(strtoull(s, nullptr, 0));\n'))
-    return edits
-
-
-def fm_stamp_edits() -> list[tuple[str, str, str]]:
-    """Edits: FlashMLA's dense decode stamps the same points in its steady-state pairs (not the last two)."""
-    f = FM_FILE
-    wg0 = [(0, "    wg0_bunch_0<T, IS_BLK0_LAST||IS_BLK1_LAST>(", True), (1, "    NamedBarrier::arrive(T::NUM_THREADS, NamedBarriers::sScale0Ready);\n", False),
-           (2, "    warpgroup_cooperative_pv_gemm_localP<T>(rPb, sV0L, rO0, idx_in_warpgroup);\n", False),
-           (3, "    // Wait for rO0, launch TMA for the next V0L\n    cute::warpgroup_wait<0>();\n", False),
-           (4, "    NamedBarrier::arrive_and_wait(T::NUM_THREADS, NamedBarriers::sScale1Ready);\n", False),
-           (5, "        launch_kv_tiles_copy_tma<0, 4>(tma_gK(_, _, nxt_block0_index), sK0, tma_params.tma_K, barriers_K0, idx_in_warpgroup);\n", False),
-           (6, "        NamedBarrier::arrive_and_wait(T::NUM_THREADS, NamedBarriers::rO1sP0sV0RIssued);\n", False),
-           (7, "        warpgroup_cooperative_pv_gemm_remoteP<T>(sP1, sV1L, rO0, idx_in_warpgroup);\n", False),
-           (8, "        cute::warpgroup_wait<4>();\n", False),
-           (9, "        launch_kv_tiles_copy_tma<0, 4>(tma_gK(_, _, nxt_block1_index), sK1, tma_params.tma_K, barriers_K1, idx_in_warpgroup);\n", False),
-           (10, "        warpgroup_cooperative_qkt_gemm<T, 2>(sQ, sK0, rP0, rQ8, barriers_K0, cur_phase_K0, idx_in_warpgroup);\n", False),
-           (11, "    // Wait for P0 = Q @ K0^T\n    cute::warpgroup_wait<0>();\n", False)]
-    wg1 = [(2, "    NamedBarrier::arrive(T::NUM_THREADS, NamedBarriers::sScale1Ready);\n", False),
-           (3, "        save_rPb_to_sP<T>(rP1b, sP1, idx_in_warpgroup);\n", False),
-           (4, "        warpgroup_cooperative_pv_gemm_localP<T>(rP1b, sV1R, rO1, idx_in_warpgroup);\n", False),
-           (5, "    NamedBarrier::arrive_and_wait(T::NUM_THREADS, NamedBarriers::sP0Ready);\n", False),
-           (6, "        NamedBarrier::arrive(T::NUM_THREADS, NamedBarriers::rO1sP0sV0RIssued);\n", False),
-           (7, "        launch_kv_tiles_copy_tma<4, 9>(tma_gK(_, _, nxt_block1_index), sK1, tma_params.tma_K, barriers_K1, idx_in_warpgroup);\n", False),
-           (8, "        launch_kv_tiles_copy_tma<4, 9>(tma_gK(_, _, nxt_block0_index), sK0, tma_params.tma_K, barriers_K0, idx_in_warpgroup);\n", False),
-           (9, "        warpgroup_cooperative_qkt_gemm<T, 1>(sQ, sK1, rP1, rQ8, barriers_K1, cur_phase_K1, idx_in_warpgroup);\n    }\n", False)]
-    edits = [_insert(f, text, f"    STAMP0({k});\n", before) for k, text, before in wg0]
-    edits += [_insert(f, text, f"    STAMP1({k});\n", before) for k, text, before in wg1]
-    # warpgroup 1's first barrier gets a stamp on each side (points 0 and 1)
-    edits.append((f, "    NamedBarrier::arrive_and_wait(T::NUM_THREADS, NamedBarriers::sScale0Ready);\n",
-                  "    STAMP1(0);\n    NamedBarrier::arrive_and_wait(T::NUM_THREADS, NamedBarriers::sScale0Ready);\n    STAMP1(1);\n"))
-    edits.append((f, "    cute::warpgroup_wait<0>();\n}\n\n// A helper function for determining the length of the causal mask",
-                  "    cute::warpgroup_wait<0>();\n    STAMP1(10);\n}\n\n// A helper function for determining the length of the causal mask"))
-    slot0, slot1 = _SLOT.replace("(W)", "0").replace("(BLK)", "block_idx"), _SLOT.replace("(W)", "1").replace("(BLK)", "block_idx")
-    body = "if (params.stamps != nullptr && idx_in_warpgroup == 0) { " + _CLOCK + " params.stamps[{slot}] = t_; }"
-    edits.append((f, "using cutlass::arch::NamedBarrier;\n", "using cutlass::arch::NamedBarrier;\n#include <cstdlib>\n"
-                  "#define STAMP0(K) if constexpr (!IS_BLK0_LAST && !IS_BLK1_LAST) " + body.replace("{slot}", slot0) + "\n"
-                  "#define STAMP1(K) if constexpr (!IS_BLK0_LAST && !IS_BLK1_LAST && !IS_BLK2_LAST) " + body.replace("{slot}", slot1) + "\n"))
-    edits.append((f, "void run_flash_splitkv_mla_kernel(DenseAttnDecodeParams &params) {\n",
-                  "void run_flash_splitkv_mla_kernel(DenseAttnDecodeParams &params) {\n"
-                  '    params.stamps = getenv("MLA_STAMPS_FM") ? reinterpret_cast<unsigned long long*>(strtoull(getenv("MLA_STAMPS_FM"), nullptr, 0)) : nullptr;\n'))
-    edits.append(("params.h", "    float *__restrict__ oaccum_ptr;\n", "    float *__restrict__ oaccum_ptr;\n    unsigned long long* stamps;\n"))
-    return edits
 
 
 # name -> [(file under kernels/, old text, new text)]; "base" is the checkout as it is.
@@ -203,7 +126,7 @@ VARIANTS: dict[str, list[tuple[str, str, str]]] = {
 # where s_q > 2 is causal and a sequence's last page is short), to see what the mask's code there costs.
 VARIANTS["nomask"] = [(WG, f"mask_rowmax({blk}, mx, LAST || p.causal)", f"mask_rowmax({blk}, mx, LAST)") for blk in ("blk_a", "blk_b")]
 VARIANTS["hoist_nomask"] = VARIANTS["hoist_copy"] + VARIANTS["nomask"]
-VARIANTS["stamps"] = stamp_edits()
+VARIANTS["stamps"] = stamps.stamp_edits(WG)
 # Each slab's expected bytes raised by the waiting warpgroup just before its wait (FlashMLA's place), not by the copying
 # thread before each copy; a missing page completes its bytes by `mbarrier.complete_tx` instead of an arrive.
 COPY_LOOP = """        if (page >= 0) {
@@ -251,9 +174,9 @@ VARIANTS["publish_late_wg0"] = [
 VARIANTS["sums_first_wg0"] = [
     (WG, "        bar_wait(kScale1);", "        if (l[0] < 0.f || l[1] < 0.f) s_sum[tr[0]] = 0.f;  // never: l >= 0\n        bar_wait(kScale1);")]
 VARIANTS["expect_late_wg0"] = VARIANTS["expect_at_wait"] + VARIANTS["publish_late_wg0"]
-VARIANTS["stamps_expect"] = VARIANTS["expect_at_wait"] + stamp_edits()
+VARIANTS["stamps_expect"] = VARIANTS["expect_at_wait"] + stamps.stamp_edits(WG)
 VARIANTS["stamps_late_wg0"] = VARIANTS["publish_late_wg0"] + [
-    e for e in stamp_edits() if e[1] != "        publish(kScale0, m_use);\n"] + [
+    e for e in stamps.stamp_edits(WG) if e[1] != "        publish(kScale0, m_use);\n"] + [
     (WG, "        bar_arrive(kScale0);\n", "        bar_arrive(kScale0);\n STAMP(1);\n")]
 # The combine kernel as FlashMLA's does it: the first piece loaded before the log-sum-exp, each lse read from global
 # memory once into shared memory and turned into its weight there, the next piece loaded while one is summed.
@@ -384,7 +307,7 @@ FM_VARIANTS: dict[str, list[tuple[str, str, str]]] = {  # the same ablations in 
     "fm_hot": [(FM_FILE, "__ldg(block_table_ptr + (block_idx)))", "__ldg(block_table_ptr + 0))")],
     "fm_s_skip": [(FM_FILE, "    cute::gemm(tiled_mma, thr_mma_", "    if (false) cute::gemm(tiled_mma, thr_mma_")],
     "fm_pv_skip": [(FM_FILE, "    gemm<false, -1>(tiled_mma, ", "    if (false) gemm<false, -1>(tiled_mma, ")],
-    "fm_stamps": fm_stamp_edits(),
+    "fm_stamps": stamps.fm_stamp_edits(FM_FILE),
 }
 # b, s_q, h_q, s_k, d_qk, d_v, varlen (h_kv = 1): the side-by-side tool's cases that these measurements use
 CASES = [(128, 1, 16, 4096, 576, 512, False), (128, 1, 64, 4096, 576, 512, False), (128, 1, 128, 4096, 576, 512, False),
@@ -438,30 +361,6 @@ def make_fm(tag: str, flashmla: Path, work: Path) -> Path:
     for f, edits in by_file.items():
         apply_edits(root / "csrc" / f, edits, tag, every=True)
     return root
-
-
-def timeline(stamps, window: int = 20000) -> dict:
-    """Medians over the steady pairs in a stamp buffer (see STAMP_POINTS): cycles from warpgroup 0's last S done of
-    the pair before to each point of the pair, per warpgroup, and the pair's length. A slot counts where every point
-    of both warpgroups is stamped and they belong to one pair (within `window` cycles)."""
-    import torch
-
-    n0, n1 = len(STAMP_POINTS[0]), len(STAMP_POINTS[1])
-    st = stamps.view(-1, 2, STAMP_SLOTS, 16).cpu()
-    w0, w1 = st[:, 0, :, :n0], st[:, 1, :, :n1]
-    ok = (w0 > 0).all(-1) & (w1 > 0).all(-1) & ((w1[..., 0] - w0[..., 0]).abs() < window)
-    prev_done = torch.roll(w0[..., n0 - 1], 1, dims=1)  # slot s - 1's S done (slot 0 takes slot 127's: filtered below)
-    gap = w0[..., 0] - prev_done
-    use = ok & torch.roll(ok, 1, dims=1) & (gap > 0) & (gap < window)
-    use[:, 0] = False
-    if not bool(use.any()):
-        return {"pairs": 0}
-    med = lambda x: int(x.median())  # noqa: E731
-    pair = (gap + w0[..., n0 - 1] - w0[..., 0])[use].double()
-    return {"pairs": int(use.sum()), "pair_cycles": med(pair), "pair_cycles_mean": round(float(pair.mean())),
-            "pair_cycles_p10_p90": [round(float(q)) for q in torch.quantile(pair, torch.tensor([0.1, 0.9], dtype=pair.dtype))],
-            "wg0": {name: med((w0[..., k] - prev_done)[use]) for k, name in enumerate(STAMP_POINTS[0])},
-            "wg1": {name: med((w1[..., k] - prev_done)[use]) for k, name in enumerate(STAMP_POINTS[1])}}
 
 
 class Log:
@@ -551,9 +450,7 @@ def main() -> None:
     flush = torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
     smi: list[tuple[float, float, float, float]] = []
     if args.sustained:  # nvidia-smi samples the SM clock for each timing window
-        spec = importlib.util.spec_from_file_location("kernel_clocks", Path(__file__).with_name("kernel_clocks.py"))
-        clocks = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(clocks)
+        clocks = _sibling("kernel_clocks")
         threading.Thread(target=clocks.sample_smi, args=(smi, threading.Event(), 20), daemon=True).start()
     cases = [CASES[int(i)] for i in args.cases.split(",")] if args.cases else CASES
     logs: dict[str, list[float]] = {}
@@ -588,17 +485,17 @@ def main() -> None:
         emit(case=[b, s_q, h_q, round(sum(lens) / b), d, dv, varlen], us=us, max_abs_diff_vs_first=diff,
              first_over_variant={n: round(best[names[0]] / best[n], 4) for n in best}, **({"sm_mhz": mhz} if args.sustained else {}))
         if args.timeline:
-            stamped = [(n, calls[n], STAMP_ENV["ours"]) for n in calls if n.startswith("stamps")]
+            stamped = [(n, calls[n], stamps.STAMP_ENV["ours"]) for n in calls if n.startswith("stamps")]
             if fm == "fm_stamps" and (d, dv) == (576, 512):
-                stamped.append((fm, lambda: fm_mod.dense_decode_fwd(q, kc, dv, ln, tb, scale, True, tsm, ns), STAMP_ENV["flashmla"]))
+                stamped.append((fm, lambda: fm_mod.dense_decode_fwd(q, kc, dv, ln, tb, scale, True, tsm, ns), stamps.STAMP_ENV["flashmla"]))
             for n, call, env in stamped:
-                buf = torch.zeros(4096 * 2 * STAMP_SLOTS * 16, dtype=torch.int64, device="cuda")
+                buf = torch.zeros(4096 * stamps.ENTRIES_PER_CTA, dtype=torch.int64, device="cuda")  # up to 4096 CTAs
                 os.environ[env] = str(buf.data_ptr())
                 flush.zero_()
                 call()
                 torch.cuda.synchronize()
                 del os.environ[env]
-                emit(case=[b, s_q, h_q, round(sum(lens) / b), d, dv, varlen], timeline=n, **timeline(buf))
+                emit(case=[b, s_q, h_q, round(sum(lens) / b), d, dv, varlen], timeline=n, **stamps.timeline(buf))
         del q, kc, fns, calls
         torch.cuda.empty_cache()
     emit(geomean_first_over_variant={n: round(math.exp(sum(v) / len(v)), 4) for n, v in logs.items()},
