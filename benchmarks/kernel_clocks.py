@@ -59,9 +59,12 @@ def replay_for(fn, seconds: float) -> tuple[float, float, float]:
     return start.elapsed_time(end) * 1e3 / calls, t0, time.time()
 
 
-def steady(samples: list[tuple[float, float, float, float]], t0: float, t1: float) -> list[tuple[float, float, float, float]]:
-    """The samples in the last 70% of a window (the clock settles in the first part)."""
-    return [s for s in samples if t0 + 0.3 * (t1 - t0) <= s[0] <= t1]
+def window_means(samples: list[tuple[float, float, float, float]], t0: float, t1: float) -> dict:
+    """Mean SM MHz, watts and deg C over the samples in the last 70% of the window [t0, t1] (the clock settles in
+    the first part); None where no sample fell in it."""
+    window = [s for s in samples if t0 + 0.3 * (t1 - t0) <= s[0] <= t1]
+    mean = lambda i, digits: round(statistics.mean(s[i] for s in window), digits) if window else None  # noqa: E731
+    return {"sm_mhz": mean(1, None), "watts": mean(2, None), "deg_c": mean(3, 1), "samples": len(window)}
 
 
 def main() -> None:
@@ -105,11 +108,7 @@ def main() -> None:
         for r in range(args.rounds):
             for name in order[r % 2:] + order[: r % 2]:
                 us, t0, t1 = replay_for(fns[name], args.seconds)
-                window = steady(samples, t0, t1)
-                emit(kernel=name, round=r, case=[b, s_q, h_q, s_k], us_per_call=round(us, 1),
-                     sm_mhz=round(statistics.mean(s[1] for s in window)) if window else None,
-                     watts=round(statistics.mean(s[2] for s in window)) if window else None,
-                     deg_c=round(statistics.mean(s[3] for s in window), 1) if window else None, samples=len(window))
+                emit(kernel=name, round=r, case=[b, s_q, h_q, s_k], us_per_call=round(us, 1), **window_means(samples, t0, t1))
                 time.sleep(1.0)
     stop.set()
 

@@ -50,7 +50,7 @@ def stamp_edits(wg_file: str) -> list[tuple[str, str, str]]:
                   "  float scale_log2;          // softmax_scale * log2(e)\n  unsigned long long* stamps;\n"))
     edits.append(("csrc/mla_api.cpp", "  p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);\n",
                   "  p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);\n"
-                  '  if (const char* s = getenv("MLA_STAMPS")) p.stamps = reinterpret_cast<unsigned long long*>(strtoull(s, nullptr, 0));\n'))
+                  f'  if (const char* s = getenv("{STAMP_ENV["ours"]}")) p.stamps = reinterpret_cast<unsigned long long*>(strtoull(s, nullptr, 0));\n'))
     return edits
 
 
@@ -91,7 +91,8 @@ def fm_stamp_edits(fm_file: str) -> list[tuple[str, str, str]]:
                   "#define STAMP1(K) if constexpr (!IS_BLK0_LAST && !IS_BLK1_LAST && !IS_BLK2_LAST) " + body.replace("{slot}", slot1) + "\n"))
     edits.append((f, "void run_flash_splitkv_mla_kernel(DenseAttnDecodeParams &params) {\n",
                   "void run_flash_splitkv_mla_kernel(DenseAttnDecodeParams &params) {\n"
-                  '    params.stamps = getenv("MLA_STAMPS_FM") ? reinterpret_cast<unsigned long long*>(strtoull(getenv("MLA_STAMPS_FM"), nullptr, 0)) : nullptr;\n'))
+                  f'    const char* stamps_env = getenv("{STAMP_ENV["flashmla"]}");\n'
+                  '    params.stamps = stamps_env ? reinterpret_cast<unsigned long long*>(strtoull(stamps_env, nullptr, 0)) : nullptr;\n'))
     edits.append(("params.h", "    float *__restrict__ oaccum_ptr;\n", "    float *__restrict__ oaccum_ptr;\n    unsigned long long* stamps;\n"))
     return edits
 

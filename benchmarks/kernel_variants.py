@@ -328,6 +328,15 @@ def apply_edits(path: Path, edits: list[tuple[str, str]], what: str, every: bool
     path.write_text(text)
 
 
+def apply_variant(root: Path, edits: list[tuple[str, str, str]], what: str, every: bool = False) -> None:
+    """Apply a variant's (file under root, old text, new text) edits, each file's in the variant's order."""
+    by_file: dict[str, list[tuple[str, str]]] = {}
+    for f, old, new in edits:
+        by_file.setdefault(f, []).append((old, new))
+    for f, file_edits in by_file.items():
+        apply_edits(root / f, file_edits, what, every)
+
+
 def make_ours(name: str, work: Path) -> Path:
     """Copy kernels/ into work/name/mlabatch with the variant's edits, module name and namespace; return its root."""
     pkg = work / name / "mlabatch"
@@ -337,11 +346,7 @@ def make_ours(name: str, work: Path) -> Path:
     apply_edits(pkg / "kernels" / "build.py", [('JIT_NAME = "mlabatch_kernels_jit"', f'JIT_NAME = "{module_name(name)}"')], name)
     limits = pkg / "kernels" / "csrc" / "mla_limits.h"  # every source includes it before its namespace
     limits.write_text(f"#define mlabatch mlabatch_{name}\n" + limits.read_text())
-    by_file: dict[str, list[tuple[str, str]]] = {}
-    for f, old, new in VARIANTS[name]:
-        by_file.setdefault(f, []).append((old, new))
-    for f, edits in by_file.items():
-        apply_edits(pkg / "kernels" / f, edits, name)
+    apply_variant(pkg / "kernels", VARIANTS[name], name)
     return work / name
 
 
@@ -355,11 +360,7 @@ def make_fm(tag: str, flashmla: Path, work: Path) -> Path:
     root = work / tag
     shutil.rmtree(root, ignore_errors=True)
     shutil.copytree(flashmla / "csrc", root / "csrc")
-    by_file: dict[str, list[tuple[str, str]]] = {}
-    for f, old, new in FM_VARIANTS[tag]:
-        by_file.setdefault(f, []).append((old, new))
-    for f, edits in by_file.items():
-        apply_edits(root / "csrc" / f, edits, tag, every=True)
+    apply_variant(root / "csrc", FM_VARIANTS[tag], tag, every=True)
     return root
 
 
@@ -449,9 +450,10 @@ def main() -> None:
 
     flush = torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
     smi: list[tuple[float, float, float, float]] = []
+    smi_stop = threading.Event()
     if args.sustained:  # nvidia-smi samples the SM clock for each timing window
         clocks = _sibling("kernel_clocks")
-        threading.Thread(target=clocks.sample_smi, args=(smi, threading.Event(), 20), daemon=True).start()
+        threading.Thread(target=clocks.sample_smi, args=(smi, smi_stop, 20), daemon=True).start()
     cases = [CASES[int(i)] for i in args.cases.split(",")] if args.cases else CASES
     logs: dict[str, list[float]] = {}
     for b, s_q, h_q, s_k, d, dv, varlen in cases:
@@ -468,21 +470,21 @@ def main() -> None:
             _, _, tsm, ns = fm_mod.dense_decode_fwd(q, kc, dv, ln, tb, scale, True, None, None)
             fns[fm] = tool.graphed(lambda: fm_mod.dense_decode_fwd(q, kc, dv, ln, tb, scale, True, tsm, ns))
         us: dict[str, list[float]] = {n: [] for n in fns}
-        mhz: dict[str, list[int]] = {n: [] for n in fns}
+        mhz: dict[str, list[int | None]] = {n: [] for n in fns}
         order = list(fns)
         for r in range(args.rounds):
             for n in order[r % len(order):] + order[: r % len(order)]:
                 if args.sustained:
                     t, t0, t1 = clocks.replay_for(fns[n], args.sustained)
-                    window = clocks.steady(smi, t0, t1)
-                    mhz[n].append(round(sum(s[1] for s in window) / max(len(window), 1)))
+                    mhz[n].append(clocks.window_means(smi, t0, t1)["sm_mhz"])
                 else:
                     t = tool.timed(fns[n], 30, flush)
                 us[n].append(round(t, 1))
         best = {n: min(v) for n, v in us.items()}
         for n in best:
             logs.setdefault(n, []).append(math.log(best[names[0]] / best[n]))
-        emit(case=[b, s_q, h_q, round(sum(lens) / b), d, dv, varlen], us=us, max_abs_diff_vs_first=diff,
+        key = [b, s_q, h_q, round(sum(lens) / b), d, dv, varlen]
+        emit(case=key, us=us, max_abs_diff_vs_first=diff,
              first_over_variant={n: round(best[names[0]] / best[n], 4) for n in best}, **({"sm_mhz": mhz} if args.sustained else {}))
         if args.timeline:
             stamped = [(n, calls[n], stamps.STAMP_ENV["ours"]) for n in calls if n.startswith("stamps")]
@@ -495,9 +497,10 @@ def main() -> None:
                 call()
                 torch.cuda.synchronize()
                 del os.environ[env]
-                emit(case=[b, s_q, h_q, round(sum(lens) / b), d, dv, varlen], timeline=n, **stamps.timeline(buf))
+                emit(case=key, timeline=n, **stamps.timeline(buf))
         del q, kc, fns, calls
         torch.cuda.empty_cache()
+    smi_stop.set()
     emit(geomean_first_over_variant={n: round(math.exp(sum(v) / len(v)), 4) for n, v in logs.items()},
          note="over the cases each variant ran; > 1 means the variant is faster than the first")
 
