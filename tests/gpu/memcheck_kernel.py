@@ -25,6 +25,7 @@ SHAPES = [  # lens, s_q, h_q, h_kv, d_qk, d_v, causal
     ([129, 2], 1, 5, 1, 128, 128, False),
     ([700, 0, 64], 2, 64, 1, 384, 384, True),
     ([1000] * 300, 1, 12, 1, 320, 256, True),
+    ([1000, 3, 700], 2, 64, 1, 320, 256, True),  # two row tiles, two buffer sets
 ]
 
 if __name__ == "__main__":

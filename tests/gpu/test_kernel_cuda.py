@@ -74,7 +74,9 @@ def test_grid_576_512_bf16(b, s_q, s_k, heads, varlen, causal):
 
 @pytest.mark.parametrize("d_qk,d_v", SUPPORTED_DIMS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("b,s_q,h_q,s_k", [(5, 1, 9, 1000), (3, 2, 12, 300), (2, 1, 64, 2000), (4, 4, 16, 70), (300, 1, 12, 700)])
+# (3, 2, 64, 900) and (2, 3, 64, 500): two and three 64-row tiles of a part reading the same pages.
+@pytest.mark.parametrize("b,s_q,h_q,s_k", [(5, 1, 9, 1000), (3, 2, 12, 300), (2, 1, 64, 2000), (4, 4, 16, 70), (300, 1, 12, 700),
+                                          (3, 2, 64, 900), (2, 3, 64, 500)])
 @pytest.mark.parametrize("hint", [True, False], ids=["two-cta-schedule", "default-schedule"])
 def test_all_dims(d_qk, d_v, dtype, b, s_q, h_q, s_k, hint):
     seed = d_qk + 1000 * d_v + s_k
@@ -83,9 +85,10 @@ def test_all_dims(d_qk, d_v, dtype, b, s_q, h_q, s_k, hint):
     _compare(case, d_v, causal=True, hint=hint)
 
 
-def test_zero_length_and_empty_causal_rows():
+@pytest.mark.parametrize("h_q", [16, 128])
+def test_zero_length_and_empty_causal_rows(h_q):
     seed = 5
-    case = make_case([0, 3000, 0, 2, 9000, 1], 4, 16, 1, 576, torch.bfloat16, "cuda", seed=seed)
+    case = make_case([0, 3000, 0, 2, 9000, 1], 4, h_q, 1, 576, torch.bfloat16, "cuda", seed=seed)
     _compare(case, 512, causal=True)
     _compare(case, 512, causal=False)
 
