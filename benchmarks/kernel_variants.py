@@ -178,6 +178,45 @@ VARIANTS["stamps_expect"] = VARIANTS["expect_at_wait"] + stamps.stamp_edits(WG)
 VARIANTS["stamps_late_wg0"] = VARIANTS["publish_late_wg0"] + [
     e for e in stamps.stamp_edits(WG) if e[1] != "        publish(kScale0, m_use);\n"] + [
     (WG, "        bar_arrive(kScale0);\n", "        bar_arrive(kScale0);\n STAMP(1);\n")]
+# The RoPE slabs (2 * VS .. SL, read by S only) refilled as soon as their page's S is done, with V half 0 of K0
+# (warpgroup 0) and before warpgroup 1's own P V wait (warpgroup 1), instead of with the V half 1 slabs after
+# the last P V; each S then starts on them, so the V half 1 slabs, requested last, get one slab of S more to land.
+VARIANTS["rope_early"] = [
+    (WG, "      for (int i = 0; i < SL; ++i) score_slab(set, (i + VS) % SL, i == 0);\n",
+     "      for (int sl = 2 * VS; sl < SL; ++sl) score_slab(set, sl, sl == 2 * VS);\n"
+     "#pragma unroll\n      for (int sl = VS; sl < 2 * VS; ++sl) score_slab(set, sl, SL == 2 * VS && sl == VS);\n"
+     "#pragma unroll\n      for (int sl = 0; sl < VS; ++sl) score_slab(set, sl, false);\n"),
+    (WG, "        if constexpr (R) load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it\n",
+     "        if constexpr (R) {\n          load_to(2 * cur, next_a, 0, VS);\n          load_to(2 * cur, next_a, 2 * VS, SL);\n        }\n"),
+    (WG, "          for (int sl = VS; sl < SL; ++sl) score_slab(nxt, sl, false);\n",
+     "          for (int sl = 2 * VS; sl < SL; ++sl) score_slab(nxt, sl, false);\n"
+     "#pragma unroll\n          for (int sl = VS; sl < 2 * VS; ++sl) score_slab(nxt, sl, false);\n"),
+    (WG, "        if constexpr (B) pv_local(a, dv_half1);\n        bar_wait(kP0);",
+     "        if constexpr (B) pv_local(a, dv_half1);\n        if constexpr (R) load_to(2 * cur + 1, next_b, 2 * VS, SL);\n        bar_wait(kP0);"),
+    (WG, "            load_to(2 * cur + 1, next_b, VS, SL);\n", "            load_to(2 * cur + 1, next_b, VS, 2 * VS);\n"),
+    (WG, "            load_to(2 * cur, next_a, VS, SL);\n", "            load_to(2 * cur, next_a, VS, 2 * VS);\n"),
+]
+# Is DRAM row locality what the split refills cost? Each page copied whole at one point (K0 by warpgroup 1 once
+# its last P V is done, K1 by warpgroup 0 once its P V of page b is done: timing only, warpgroup 1's own P V of
+# page b is not waited for); or (pf_page) each page's other half prefetched into L2 with the first half's copies.
+VARIANTS["page_whole"] = [
+    (WG, "        if constexpr (R) load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it\n", ""),
+    (WG, "          if constexpr (R) load_to(2 * cur + 1, next_b, 0, VS);\n", "          if constexpr (R) load_to(2 * cur + 1, next_b, 0, SL);\n"),
+    (WG, "            load_to(2 * cur + 1, next_b, VS, SL);\n", ""),
+    (WG, "            load_to(2 * cur, next_a, VS, SL);\n", "            load_to(2 * cur, next_a, 0, SL);\n"),
+]
+PAGE_PF = "if (wt == 0 && {page} >= 0) l2_prefetch(static_cast<const T*>(p.k) + static_cast<int64_t>({page}) * p.k_bs + h * p.k_hs, TL::kTileBytes);"
+VARIANTS["pf_page"] = [
+    (WG, "// Named barriers between the warpgroups", L2_PREFETCH + "// Named barriers between the warpgroups"),
+    (WG, "        if constexpr (R) load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it\n",
+     "        if constexpr (R) {\n          load_to(2 * cur, next_a, 0, VS);\n          " + PAGE_PF.format(page="next_a") + "\n        }\n"),
+    (WG, "            load_to(2 * cur + 1, next_b, VS, SL);\n",
+     "            load_to(2 * cur + 1, next_b, VS, SL);\n            " + PAGE_PF.format(page="next_b") + "\n"),
+]
+# pf_page where a part has one row tile only (the in-kernel form measured in call 17-6 of kernel-variants-h200.jsonl).
+VARIANTS["pf_page_one_tile"] = [
+    (WG, old, new.replace("if (wt == 0 && ", "if (gridDim.x == 1 && wt == 0 && ")) for f, old, new in VARIANTS["pf_page"][1:]
+] + VARIANTS["pf_page"][:1]
 # The combine kernel as FlashMLA's does it: the first piece loaded before the log-sum-exp, each lse read from global
 # memory once into shared memory and turned into its weight there, the next piece loaded while one is summed.
 VARIANTS["combine_fm"] = [
