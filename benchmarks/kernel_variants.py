@@ -205,34 +205,33 @@ VARIANTS["page_whole"] = [
     (WG, "            load_to(2 * cur + 1, next_b, VS, SL);\n", ""),
     (WG, "            load_to(2 * cur, next_a, VS, SL);\n", "            load_to(2 * cur, next_a, 0, SL);\n"),
 ]
-PAGE_PF = "if (wt == 0 && {page} >= 0) l2_prefetch(static_cast<const T*>(p.k) + static_cast<int64_t>({page}) * p.k_bs + h * p.k_hs, TL::kTileBytes);"
-VARIANTS["pf_page"] = [
-    (WG, "// Named barriers between the warpgroups", L2_PREFETCH + "// Named barriers between the warpgroups"),
-    (WG, "        if constexpr (R) load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it\n",
-     "        if constexpr (R) {\n          load_to(2 * cur, next_a, 0, VS);\n          " + PAGE_PF.format(page="next_a") + "\n        }\n"),
-    (WG, "            load_to(2 * cur + 1, next_b, VS, SL);\n",
-     "            load_to(2 * cur + 1, next_b, VS, SL);\n            " + PAGE_PF.format(page="next_b") + "\n"),
-]
+def with_first_copies(helper: str, on_a: str, on_b: str) -> list[tuple[str, str, str]]:
+    """Edits: `helper` defined above the kernel; `on_a` (C++ about page next_a) run right after warpgroup 0 copies
+    the first half of K0's next page, `on_b` (about next_b) right after warpgroup 1 copies the first half of K1's."""
+    return [
+        (WG, "// Named barriers between the warpgroups", helper + "// Named barriers between the warpgroups"),
+        (WG, "        if constexpr (R) load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it\n",
+         "        if constexpr (R) {\n          load_to(2 * cur, next_a, 0, VS);\n          " + on_a + "\n        }\n"),
+        (WG, "            load_to(2 * cur + 1, next_b, VS, SL);\n", "            load_to(2 * cur + 1, next_b, VS, SL);\n            " + on_b + "\n"),
+    ]
+
+
+PAGE_PF = "if ({cond}wt == 0 && {page} >= 0) l2_prefetch(static_cast<const T*>(p.k) + static_cast<int64_t>({page}) * p.k_bs + h * p.k_hs, TL::kTileBytes);"
+VARIANTS["pf_page"] = with_first_copies(L2_PREFETCH, PAGE_PF.format(cond="", page="next_a"), PAGE_PF.format(cond="", page="next_b"))
 # pf_page where a part has one row tile only (the in-kernel form measured in call 17-6 of kernel-variants-h200.jsonl).
-VARIANTS["pf_page_one_tile"] = [
-    (WG, old, new.replace("if (wt == 0 && ", "if (gridDim.x == 1 && wt == 0 && ")) for f, old, new in VARIANTS["pf_page"][1:]
-] + VARIANTS["pf_page"][:1]
+VARIANTS["pf_page_one_tile"] = with_first_copies(L2_PREFETCH, PAGE_PF.format(cond="gridDim.x == 1 && ", page="next_a"),
+                                                 PAGE_PF.format(cond="gridDim.x == 1 && ", page="next_b"))
 # pf_page_one_tile with only the other half's slabs prefetched, by TMA tensor prefetches (no duplicate of the
 # half being copied, fewer requests in front of the next copies, any cache layout). Compiled here (576/512: 238
-# registers, no spills), not yet run: the seventeenth session had no device time left.
+# registers, no spills; 9 UTMAPF.L2.4D in SASS), not yet run: the seventeenth session had no device time left.
 TMA_PREFETCH = """__device__ __forceinline__ void tma_prefetch_slab(const CUtensorMap* map, int col, int head, int page) {
   asm volatile("cp.async.bulk.prefetch.tensor.4d.L2.global.tile [%0, {%1, %2, %3, %4}];\\n"
                ::"l"(reinterpret_cast<uint64_t>(map)), "r"(col), "r"(0), "r"(head), "r"(page) : "memory");
 }
 """
 HALF_PF = "if (gridDim.x == 1 && wt == 0 && {page} >= 0) for (int sl = {lo}; sl < {hi}; ++sl) tma_prefetch_slab(&p.k_map, sl * 64, h, {page});"
-VARIANTS["pf_half_one_tile"] = [
-    (WG, "// Named barriers between the warpgroups", TMA_PREFETCH + "// Named barriers between the warpgroups"),
-    (WG, "        if constexpr (R) load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it\n",
-     "        if constexpr (R) {\n          load_to(2 * cur, next_a, 0, VS);\n          " + HALF_PF.format(page="next_a", lo="VS", hi="SL") + "\n        }\n"),
-    (WG, "            load_to(2 * cur + 1, next_b, VS, SL);\n",
-     "            load_to(2 * cur + 1, next_b, VS, SL);\n            " + HALF_PF.format(page="next_b", lo="0", hi="VS") + "\n"),
-]
+VARIANTS["pf_half_one_tile"] = with_first_copies(TMA_PREFETCH, HALF_PF.format(page="next_a", lo="VS", hi="SL"),
+                                                 HALF_PF.format(page="next_b", lo="0", hi="VS"))
 # The combine kernel as FlashMLA's does it: the first piece loaded before the log-sum-exp, each lse read from global
 # memory once into shared memory and turned into its weight there, the next piece loaded while one is summed.
 VARIANTS["combine_fm"] = [
