@@ -46,6 +46,13 @@ def _sibling(name: str):
 
 stamps = _sibling("kernel_stamps")
 NEXT_PAGES = "const int next_a = R ? bt[blk_a + 2 * NS] : 0, next_b = R && blk_b + 2 * NS < last ? bt[blk_b + 2 * NS] : -1;"
+# The refill copies of a pair in the wgmma kernel (warpgroup 0: K0's and K1's first halves; warpgroup 1: the rests),
+# and the line above which variants define their device helpers.
+REFILL_K0_FIRST = "        if constexpr (R) load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it\n"
+REFILL_K1_FIRST = "          if constexpr (R) load_to(2 * cur + 1, next_b, 0, VS);\n"
+REFILL_K1_REST = "            load_to(2 * cur + 1, next_b, VS, SL);\n"
+REFILL_K0_REST = "            load_to(2 * cur, next_a, VS, SL);\n"
+HELPERS_AT = "// Named barriers between the warpgroups"
 L2_PREFETCH = """__device__ __forceinline__ void l2_prefetch(const void* src, uint32_t bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\\n" ::"l"(src), "r"(bytes) : "memory");
 }
@@ -55,8 +62,7 @@ L2_PREFETCH = """__device__ __forceinline__ void l2_prefetch(const void* src, ui
 def prefetch_variant(cond: str, ahead: int) -> list[tuple[str, str, str]]:
     """Edits: where `cond` holds, warpgroup 0's thread 0 prefetches into L2, at the top of each refilling pair, the two
     pages that start `ahead` pages past the refilled pair's first page."""
-    anchor = "// Named barriers between the warpgroups"
-    return [(WG, anchor, L2_PREFETCH + anchor), (WG, NEXT_PAGES, NEXT_PAGES + f"""
+    return [(WG, HELPERS_AT, L2_PREFETCH + HELPERS_AT), (WG, NEXT_PAGES, NEXT_PAGES + f"""
       if constexpr (R && W == 0) {{
         if (wt == 0 && p.k_rs == DQK && ({cond})) {{
           const int pb = blk_a + 2 * NS + {ahead};
@@ -186,33 +192,35 @@ VARIANTS["rope_early"] = [
      "      for (int sl = 2 * VS; sl < SL; ++sl) score_slab(set, sl, sl == 2 * VS);\n"
      "#pragma unroll\n      for (int sl = VS; sl < 2 * VS; ++sl) score_slab(set, sl, SL == 2 * VS && sl == VS);\n"
      "#pragma unroll\n      for (int sl = 0; sl < VS; ++sl) score_slab(set, sl, false);\n"),
-    (WG, "        if constexpr (R) load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it\n",
+    (WG, REFILL_K0_FIRST,
      "        if constexpr (R) {\n          load_to(2 * cur, next_a, 0, VS);\n          load_to(2 * cur, next_a, 2 * VS, SL);\n        }\n"),
     (WG, "          for (int sl = VS; sl < SL; ++sl) score_slab(nxt, sl, false);\n",
      "          for (int sl = 2 * VS; sl < SL; ++sl) score_slab(nxt, sl, false);\n"
      "#pragma unroll\n          for (int sl = VS; sl < 2 * VS; ++sl) score_slab(nxt, sl, false);\n"),
     (WG, "        if constexpr (B) pv_local(a, dv_half1);\n        bar_wait(kP0);",
      "        if constexpr (B) pv_local(a, dv_half1);\n        if constexpr (R) load_to(2 * cur + 1, next_b, 2 * VS, SL);\n        bar_wait(kP0);"),
-    (WG, "            load_to(2 * cur + 1, next_b, VS, SL);\n", "            load_to(2 * cur + 1, next_b, VS, 2 * VS);\n"),
-    (WG, "            load_to(2 * cur, next_a, VS, SL);\n", "            load_to(2 * cur, next_a, VS, 2 * VS);\n"),
+    (WG, REFILL_K1_REST, "            load_to(2 * cur + 1, next_b, VS, 2 * VS);\n"),
+    (WG, REFILL_K0_REST, "            load_to(2 * cur, next_a, VS, 2 * VS);\n"),
 ]
 # Is DRAM row locality what the split refills cost? Each page copied whole at one point (K0 by warpgroup 1 once
 # its last P V is done, K1 by warpgroup 0 once its P V of page b is done: timing only, warpgroup 1's own P V of
 # page b is not waited for); or (pf_page) each page's other half prefetched into L2 with the first half's copies.
 VARIANTS["page_whole"] = [
-    (WG, "        if constexpr (R) load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it\n", ""),
-    (WG, "          if constexpr (R) load_to(2 * cur + 1, next_b, 0, VS);\n", "          if constexpr (R) load_to(2 * cur + 1, next_b, 0, SL);\n"),
-    (WG, "            load_to(2 * cur + 1, next_b, VS, SL);\n", ""),
-    (WG, "            load_to(2 * cur, next_a, VS, SL);\n", "            load_to(2 * cur, next_a, 0, SL);\n"),
+    (WG, REFILL_K0_FIRST, ""),
+    (WG, REFILL_K1_FIRST, "          if constexpr (R) load_to(2 * cur + 1, next_b, 0, SL);\n"),
+    (WG, REFILL_K1_REST, ""),
+    (WG, REFILL_K0_REST, "            load_to(2 * cur, next_a, 0, SL);\n"),
 ]
+
+
 def with_first_copies(helper: str, on_a: str, on_b: str) -> list[tuple[str, str, str]]:
     """Edits: `helper` defined above the kernel; `on_a` (C++ about page next_a) run right after warpgroup 0 copies
     the first half of K0's next page, `on_b` (about next_b) right after warpgroup 1 copies the first half of K1's."""
     return [
-        (WG, "// Named barriers between the warpgroups", helper + "// Named barriers between the warpgroups"),
-        (WG, "        if constexpr (R) load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it\n",
+        (WG, HELPERS_AT, helper + HELPERS_AT),
+        (WG, REFILL_K0_FIRST,
          "        if constexpr (R) {\n          load_to(2 * cur, next_a, 0, VS);\n          " + on_a + "\n        }\n"),
-        (WG, "            load_to(2 * cur + 1, next_b, VS, SL);\n", "            load_to(2 * cur + 1, next_b, VS, SL);\n            " + on_b + "\n"),
+        (WG, REFILL_K1_REST, REFILL_K1_REST + "            " + on_b + "\n"),
     ]
 
 
