@@ -48,11 +48,12 @@ stamps = _sibling("kernel_stamps")
 NEXT_PAGES = "const int next_a = R ? bt[blk_a + 2 * NS] : 0, next_b = R && blk_b + 2 * NS < last ? bt[blk_b + 2 * NS] : -1;"
 # The refill copies of a pair in the wgmma kernel (warpgroup 0: K0's and K1's first halves; warpgroup 1: the rests),
 # and the line above which variants define their device helpers.
-REFILL_K0_FIRST = "        if constexpr (R) load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it\n"
+REFILL_K0_FIRST = "          load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it\n"
 REFILL_K1_FIRST = "          if constexpr (R) load_to(2 * cur + 1, next_b, 0, VS);\n"
 REFILL_K1_REST = "            load_to(2 * cur + 1, next_b, VS, SL);\n"
 REFILL_K0_REST = "            load_to(2 * cur, next_a, VS, SL);\n"
 HELPERS_AT = "// Named barriers between the warpgroups"
+PREFETCH_BODY = "      if (gridDim.x != 1 || wt != 0 || page < 0) return;\n"  # the condition of the L2 prefetch of a page's other half
 L2_PREFETCH = """__device__ __forceinline__ void l2_prefetch(const void* src, uint32_t bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\\n" ::"l"(src), "r"(bytes) : "memory");
 }
@@ -192,8 +193,7 @@ VARIANTS["rope_early"] = [
      "      for (int sl = 2 * VS; sl < SL; ++sl) score_slab(set, sl, sl == 2 * VS);\n"
      "#pragma unroll\n      for (int sl = VS; sl < 2 * VS; ++sl) score_slab(set, sl, SL == 2 * VS && sl == VS);\n"
      "#pragma unroll\n      for (int sl = 0; sl < VS; ++sl) score_slab(set, sl, false);\n"),
-    (WG, REFILL_K0_FIRST,
-     "        if constexpr (R) {\n          load_to(2 * cur, next_a, 0, VS);\n          load_to(2 * cur, next_a, 2 * VS, SL);\n        }\n"),
+    (WG, REFILL_K0_FIRST, "          load_to(2 * cur, next_a, 0, VS);\n          load_to(2 * cur, next_a, 2 * VS, SL);\n"),
     (WG, "          for (int sl = VS; sl < SL; ++sl) score_slab(nxt, sl, false);\n",
      "          for (int sl = 2 * VS; sl < SL; ++sl) score_slab(nxt, sl, false);\n"
      "#pragma unroll\n          for (int sl = VS; sl < 2 * VS; ++sl) score_slab(nxt, sl, false);\n"),
@@ -201,45 +201,29 @@ VARIANTS["rope_early"] = [
      "        if constexpr (B) pv_local(a, dv_half1);\n        if constexpr (R) load_to(2 * cur + 1, next_b, 2 * VS, SL);\n        bar_wait(kP0);"),
     (WG, REFILL_K1_REST, "            load_to(2 * cur + 1, next_b, VS, 2 * VS);\n"),
     (WG, REFILL_K0_REST, "            load_to(2 * cur, next_a, VS, 2 * VS);\n"),
+    (WG, PREFETCH_BODY, "      return;\n"),  # as measured: before HEAD's L2 prefetch
 ]
 # Is DRAM row locality what the split refills cost? Each page copied whole at one point (K0 by warpgroup 1 once
 # its last P V is done, K1 by warpgroup 0 once its P V of page b is done: timing only, warpgroup 1's own P V of
-# page b is not waited for); or (pf_page) each page's other half prefetched into L2 with the first half's copies.
+# page b is not waited for).
 VARIANTS["page_whole"] = [
     (WG, REFILL_K0_FIRST, ""),
     (WG, REFILL_K1_FIRST, "          if constexpr (R) load_to(2 * cur + 1, next_b, 0, SL);\n"),
     (WG, REFILL_K1_REST, ""),
     (WG, REFILL_K0_REST, "            load_to(2 * cur, next_a, 0, SL);\n"),
+    (WG, PREFETCH_BODY, "      return;\n"),  # as measured: before HEAD's L2 prefetch
 ]
-
-
-def with_first_copies(helper: str, on_a: str, on_b: str) -> list[tuple[str, str, str]]:
-    """Edits: `helper` defined above the kernel; `on_a` (C++ about page next_a) run right after warpgroup 0 copies
-    the first half of K0's next page, `on_b` (about next_b) right after warpgroup 1 copies the first half of K1's."""
-    return [
-        (WG, HELPERS_AT, helper + HELPERS_AT),
-        (WG, REFILL_K0_FIRST,
-         "        if constexpr (R) {\n          load_to(2 * cur, next_a, 0, VS);\n          " + on_a + "\n        }\n"),
-        (WG, REFILL_K1_REST, REFILL_K1_REST + "            " + on_b + "\n"),
-    ]
-
-
-PAGE_PF = "if ({cond}wt == 0 && {page} >= 0) l2_prefetch(static_cast<const T*>(p.k) + static_cast<int64_t>({page}) * p.k_bs + h * p.k_hs, TL::kTileBytes);"
-VARIANTS["pf_page"] = with_first_copies(L2_PREFETCH, PAGE_PF.format(cond="", page="next_a"), PAGE_PF.format(cond="", page="next_b"))
-# pf_page where a part has one row tile only (the in-kernel form measured in call 17-6 of kernel-variants-h200.jsonl).
-VARIANTS["pf_page_one_tile"] = with_first_copies(L2_PREFETCH, PAGE_PF.format(cond="gridDim.x == 1 && ", page="next_a"),
-                                                 PAGE_PF.format(cond="gridDim.x == 1 && ", page="next_b"))
-# pf_page_one_tile with only the other half's slabs prefetched, by TMA tensor prefetches (no duplicate of the
-# half being copied, fewer requests in front of the next copies, any cache layout). Compiled here (576/512: 238
-# registers, no spills; 9 UTMAPF.L2.4D in SASS), not yet run: the seventeenth session had no device time left.
-TMA_PREFETCH = """__device__ __forceinline__ void tma_prefetch_slab(const CUtensorMap* map, int col, int head, int page) {
-  asm volatile("cp.async.bulk.prefetch.tensor.4d.L2.global.tile [%0, {%1, %2, %3, %4}];\\n"
-               ::"l"(reinterpret_cast<uint64_t>(map)), "r"(col), "r"(0), "r"(head), "r"(page) : "memory");
-}
-"""
-HALF_PF = "if (gridDim.x == 1 && wt == 0 && {page} >= 0) for (int sl = {lo}; sl < {hi}; ++sl) tma_prefetch_slab(&p.k_map, sl * 64, h, {page});"
-VARIANTS["pf_half_one_tile"] = with_first_copies(TMA_PREFETCH, HALF_PF.format(page="next_a", lo="VS", hi="SL"),
-                                                 HALF_PF.format(page="next_b", lo="0", hi="VS"))
+# The L2 prefetch of each page's other half right after its first half's copies (HEAD: by TMA, where a part has one
+# row tile) switched off, done by every row tile or by row tile 0 only, or done as the seventeenth session's whole-page
+# bulk prefetch (pf_page: every tile; pf_page_one_tile: one-tile parts).
+WHOLE_PAGE_PF = ("      if ({cond}wt != 0 || page < 0) return;\n      l2_prefetch(static_cast<const T*>(p.k) + static_cast<int64_t>(page)"
+                 " * p.k_bs + h * p.k_hs, TL::kTileBytes);\n      return;\n")
+VARIANTS["no_half_prefetch"] = [(WG, PREFETCH_BODY, "      return;\n")]
+VARIANTS["pf_half"] = [(WG, PREFETCH_BODY, "      if (wt != 0 || page < 0) return;\n")]
+VARIANTS["pf_half_t0"] = [(WG, PREFETCH_BODY, "      if (mt != 0 || wt != 0 || page < 0) return;\n")]
+VARIANTS["pf_page"] = [(WG, HELPERS_AT, L2_PREFETCH + HELPERS_AT), (WG, PREFETCH_BODY, WHOLE_PAGE_PF.format(cond=""))]
+VARIANTS["pf_page_one_tile"] = [(WG, HELPERS_AT, L2_PREFETCH + HELPERS_AT),
+                                (WG, PREFETCH_BODY, WHOLE_PAGE_PF.format(cond="gridDim.x != 1 || "))]
 # The combine kernel as FlashMLA's does it: the first piece loaded before the log-sum-exp, each lse read from global
 # memory once into shared memory and turned into its weight there, the next piece loaded while one is summed.
 VARIANTS["combine_fm"] = [
@@ -376,7 +360,8 @@ CASES = [(128, 1, 16, 4096, 576, 512, False), (128, 1, 64, 4096, 576, 512, False
          (128, 2, 128, 4096, 576, 512, False), (128, 1, 128, 8192, 576, 512, False), (128, 1, 128, 4096, 576, 512, True),
          (256, 1, 32, 700, 576, 512, True), (512, 1, 16, 1500, 576, 512, True), (32, 1, 128, 32768, 576, 512, False),
          (256, 1, 9, 1024, 320, 256, False), (256, 1, 32, 700, 320, 256, True),
-         (64, 1, 16, 2048, 576, 512, True)]
+         (64, 1, 16, 2048, 576, 512, True),
+         (256, 1, 32, 640, 576, 512, False)]  # the last: generate.py's Llama-3.2-1B decode (512 + 0-256 tokens)
 
 
 def apply_edits(path: Path, edits: list[tuple[str, str]], what: str, every: bool = False) -> None:
