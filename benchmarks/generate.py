@@ -11,6 +11,8 @@ baseline's model creation. Before timing, eager and CUDA-graph decode must give 
 
     python benchmarks/generate.py                                  # GPU: both shapes, batch 64 and 256
     python benchmarks/generate.py --tiny --device cpu              # a seconds-long smoke run
+    python benchmarks/generate.py --models llama-3.2-1b --batches 256 --skip-transformers --repeats 5 --note BUILD
+                                     # kernel before/after: one engine per process, the median of 5 timed runs
 """
 from __future__ import annotations
 
@@ -126,8 +128,9 @@ def run_transformers(shape: dict, ids: torch.Tensor, new: int, device: torch.dev
 
 
 def run_engine(model_dir: Path, ids: torch.Tensor, new: int, device: torch.device, cuda_graphs: bool = True,
-               check_graphs: bool = False) -> dict:
-    """New tokens/s of our engine, its pool sized to exactly what the batch needs."""
+               check_graphs: bool = False, repeats: int = 1) -> dict:
+    """New tokens/s of our engine, its pool sized to exactly what the batch needs: the run of median time of
+    `repeats` runs of the batch on one engine (setting up an engine costs far more than a run)."""
     from mlabatch.models.generation.config import EngineConfig
     from mlabatch.models.generation.engine import load_generator
     from mlabatch.models.generation.config import SamplingParams
@@ -149,21 +152,28 @@ def run_engine(model_dir: Path, ids: torch.Tensor, new: int, device: torch.devic
         result["graph_equals_eager"] = got == want
         del eager
     gen.generate(rows[:8], SamplingParams(max_new_tokens=4, ignore_eos=True))  # warm-up at the prompt length
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    outs = gen.generate(rows, params)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    assert all(o.generated_tokens == new for o in outs)
+    runs = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        outs = gen.generate(rows, params)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        assert all(o.generated_tokens == new for o in outs)
+        st = gen.stats
+        runs.append({"new_tokens_per_s": b * new / seconds, "seconds": seconds, "prefill_seconds": st.prefill_seconds,
+                     "decode_steps": st.decode_steps, "overlapped_steps": st.overlapped_steps,
+                     "decode_ms_per_step": 1e3 * (seconds - st.prefill_seconds) / max(st.decode_steps, 1),
+                     "graph_steps": st.graph_steps})
     m = gen.model
     kv = len(m.layers) * m.mla.cache_width * m.embed_tokens.weight.element_size()
-    result.update({"new_tokens_per_s": b * new / seconds, "seconds": seconds, "peak_gib": _peak_gib(device),
-                   "kv_bytes_per_token": kv, "prefill_seconds": gen.stats.prefill_seconds,
-                   "decode_steps": gen.stats.decode_steps, "overlapped_steps": gen.stats.overlapped_steps,
-                   "decode_ms_per_step": 1e3 * (seconds - gen.stats.prefill_seconds) / max(gen.stats.decode_steps, 1),
-                   "graph_steps": gen.stats.graph_steps, "graph_error": gen.runner.graphs.error if gen.runner.graphs else None})
+    result.update(sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2])
+    result.update({"peak_gib": _peak_gib(device), "kv_bytes_per_token": kv,
+                   "graph_error": gen.runner.graphs.error if gen.runner.graphs else None})
+    if repeats > 1:
+        result["decode_ms_per_step_runs"] = [r["decode_ms_per_step"] for r in runs]
     del gen
     return result
 
@@ -179,6 +189,8 @@ def main() -> None:
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--note", help="a label stored in every row, e.g. which kernel build ran")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="time our engine's batch this many times on one engine and keep the median run")
     args = parser.parse_args()
     if args.tiny:
         args.models, args.batches, args.prompt, args.new = ["tiny"], [4], 40, 12
@@ -203,7 +215,8 @@ def main() -> None:
                                                                                            device, dtype)}
             for i, (engine, model_dir) in enumerate(engines.items()):
                 results[engine] = {"engine": engine, **run_engine(model_dir, ids, args.new, device,
-                                                                  check_graphs=i == 0 and batch == args.batches[0])}
+                                                                  check_graphs=i == 0 and batch == args.batches[0],
+                                                                  repeats=args.repeats)}
             base = results.get("transformers", {}).get("new_tokens_per_s")
             for r in results.values():
                 row = {"device": name, "model": model_name, "batch": batch, "prompt_tokens": args.prompt,
