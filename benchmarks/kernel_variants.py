@@ -58,12 +58,14 @@ L2_PREFETCH = """__device__ __forceinline__ void l2_prefetch(const void* src, ui
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\\n" ::"l"(src), "r"(bytes) : "memory");
 }
 """
+WITH_L2_PREFETCH = (WG, HELPERS_AT, L2_PREFETCH + HELPERS_AT)  # the edit that defines l2_prefetch
+NO_HALF_PREFETCH = (WG, PREFETCH_BODY, "      return;\n")  # the edit that switches HEAD's L2 half prefetch off
 
 
 def prefetch_variant(cond: str, ahead: int) -> list[tuple[str, str, str]]:
     """Edits: where `cond` holds, warpgroup 0's thread 0 prefetches into L2, at the top of each refilling pair, the two
     pages that start `ahead` pages past the refilled pair's first page."""
-    return [(WG, HELPERS_AT, L2_PREFETCH + HELPERS_AT), (WG, NEXT_PAGES, NEXT_PAGES + f"""
+    return [WITH_L2_PREFETCH, (WG, NEXT_PAGES, NEXT_PAGES + f"""
       if constexpr (R && W == 0) {{
         if (wt == 0 && p.k_rs == DQK && ({cond})) {{
           const int pb = blk_a + 2 * NS + {ahead};
@@ -201,7 +203,7 @@ VARIANTS["rope_early"] = [
      "        if constexpr (B) pv_local(a, dv_half1);\n        if constexpr (R) load_to(2 * cur + 1, next_b, 2 * VS, SL);\n        bar_wait(kP0);"),
     (WG, REFILL_K1_REST, "            load_to(2 * cur + 1, next_b, VS, 2 * VS);\n"),
     (WG, REFILL_K0_REST, "            load_to(2 * cur, next_a, VS, 2 * VS);\n"),
-    (WG, PREFETCH_BODY, "      return;\n"),  # as measured: before HEAD's L2 prefetch
+    NO_HALF_PREFETCH,  # as measured: before HEAD's L2 prefetch
 ]
 # Is DRAM row locality what the split refills cost? Each page copied whole at one point (K0 by warpgroup 1 once
 # its last P V is done, K1 by warpgroup 0 once its P V of page b is done: timing only, warpgroup 1's own P V of
@@ -211,19 +213,18 @@ VARIANTS["page_whole"] = [
     (WG, REFILL_K1_FIRST, "          if constexpr (R) load_to(2 * cur + 1, next_b, 0, SL);\n"),
     (WG, REFILL_K1_REST, ""),
     (WG, REFILL_K0_REST, "            load_to(2 * cur, next_a, 0, SL);\n"),
-    (WG, PREFETCH_BODY, "      return;\n"),  # as measured: before HEAD's L2 prefetch
+    NO_HALF_PREFETCH,  # as measured: before HEAD's L2 prefetch
 ]
 # The L2 prefetch of each page's other half right after its first half's copies (HEAD: by TMA, where a part has one
 # row tile) switched off, done by every row tile or by row tile 0 only, or done as the seventeenth session's whole-page
 # bulk prefetch (pf_page: every tile; pf_page_one_tile: one-tile parts).
 WHOLE_PAGE_PF = ("      if ({cond}wt != 0 || page < 0) return;\n      l2_prefetch(static_cast<const T*>(p.k) + static_cast<int64_t>(page)"
                  " * p.k_bs + h * p.k_hs, TL::kTileBytes);\n      return;\n")
-VARIANTS["no_half_prefetch"] = [(WG, PREFETCH_BODY, "      return;\n")]
+VARIANTS["no_half_prefetch"] = [NO_HALF_PREFETCH]
 VARIANTS["pf_half"] = [(WG, PREFETCH_BODY, "      if (wt != 0 || page < 0) return;\n")]
 VARIANTS["pf_half_t0"] = [(WG, PREFETCH_BODY, "      if (mt != 0 || wt != 0 || page < 0) return;\n")]
-VARIANTS["pf_page"] = [(WG, HELPERS_AT, L2_PREFETCH + HELPERS_AT), (WG, PREFETCH_BODY, WHOLE_PAGE_PF.format(cond=""))]
-VARIANTS["pf_page_one_tile"] = [(WG, HELPERS_AT, L2_PREFETCH + HELPERS_AT),
-                                (WG, PREFETCH_BODY, WHOLE_PAGE_PF.format(cond="gridDim.x != 1 || "))]
+VARIANTS["pf_page"] = [WITH_L2_PREFETCH, (WG, PREFETCH_BODY, WHOLE_PAGE_PF.format(cond=""))]
+VARIANTS["pf_page_one_tile"] = [WITH_L2_PREFETCH, (WG, PREFETCH_BODY, WHOLE_PAGE_PF.format(cond="gridDim.x != 1 || "))]
 # The combine kernel as FlashMLA's does it: the first piece loaded before the log-sum-exp, each lse read from global
 # memory once into shared memory and turned into its weight there, the next piece loaded while one is summed.
 VARIANTS["combine_fm"] = [
