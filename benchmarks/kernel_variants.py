@@ -225,6 +225,39 @@ VARIANTS["pf_half"] = [(WG, PREFETCH_BODY, "      if (wt != 0 || page < 0) retur
 VARIANTS["pf_half_t0"] = [(WG, PREFETCH_BODY, "      if (mt != 0 || wt != 0 || page < 0) return;\n")]
 VARIANTS["pf_page"] = [WITH_L2_PREFETCH, (WG, PREFETCH_BODY, WHOLE_PAGE_PF.format(cond=""))]
 VARIANTS["pf_page_one_tile"] = [WITH_L2_PREFETCH, (WG, PREFETCH_BODY, WHOLE_PAGE_PF.format(cond="gridDim.x != 1 || "))]
+# Part of the softmax's exponentials on the FMA pipe instead of MUFU (FlashAttention-4's trick): both warpgroups'
+# softmaxes run at once here, so the two warps of each SM sub-partition share its quarter-rate MUFU. Element t of
+# every `every` (t % every == every - 1) takes 2^x = 2^j * p(f), j = round(x) by the 1.5 * 2^23 shift, p a degree-3
+# minimax polynomial on [-0.5, 0.5] (relative error 1.0e-4, p(0) = 1 exactly); x is clamped at -127, where the
+# result is exactly +0 (masked keys stay 0).
+EXP2_FMA = """__device__ __forceinline__ float exp2_fma(float x) {
+  x = fmaxf(x, -127.f);
+  const float t = x + 12582912.f;
+  const float f = x - (t - 12582912.f);
+  const float q = fmaf(fmaf(fmaf(0.05500882f, f, 0.24221077f), f, 0.69328291f), f, 1.f);
+  return __int_as_float(__float_as_int(q) + (__float_as_int(t) << 23));
+}
+"""
+SOFTMAX_EXP = "s[t] = exp2f(fmaf(s[t], p.scale_log2, -m_use[(t >> 1) & 1]));"
+for every in (2, 4, 8):
+    VARIANTS[f"exp_fma{every}"] = [
+        (WG, HELPERS_AT, EXP2_FMA + HELPERS_AT),
+        (WG, SOFTMAX_EXP, f"s[t] = t % {every} == {every - 1} ? exp2_fma(fmaf(s[t], p.scale_log2, -m_use[(t >> 1) & 1]))"
+                          f" : exp2f(fmaf(s[t], p.scale_log2, -m_use[(t >> 1) & 1]));"),
+    ]
+# Warpgroup 0's refill of K0's V half 0 (and its L2 prefetch of the rest) issued after it hands P of page a over
+# (bar_arrive(kP0)) instead of before: the copies' issue (about 520 cycles in the sixteenth session's timeline) then
+# leaves the chain kScale1 -> P of page a stored -> warpgroup 1's P V of page a.
+K0_COPY = """        if constexpr (R) {
+          load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it
+          prefetch_to_l2(next_a, VS, SL);   // the rest, copied by warpgroup 1 at the pair's end
+        }
+"""
+P0_HANDOVER = """        pack_p(a, f1);  // P of page a under page b's max, for warpgroup 1
+        store_p(a);
+        bar_arrive(kP0);
+"""
+VARIANTS["k0_copy_after_p"] = [(WG, K0_COPY + P0_HANDOVER, P0_HANDOVER + K0_COPY)]
 # The combine kernel as FlashMLA's does it: the first piece loaded before the log-sum-exp, each lse read from global
 # memory once into shared memory and turned into its weight there, the next piece loaded while one is summed.
 VARIANTS["combine_fm"] = [
