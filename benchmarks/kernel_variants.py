@@ -258,6 +258,12 @@ P0_HANDOVER = """        pack_p(a, f1);  // P of page a under page b's max, for 
         bar_arrive(kP0);
 """
 VARIANTS["k0_copy_after_p"] = [(WG, K0_COPY + P0_HANDOVER, P0_HANDOVER + K0_COPY)]
+# The L2 half prefetch with the page copies' EVICT_FIRST policy: without a hint its lines are normal priority, so each
+# may evict one of the flush's dirty lines (a DRAM write) where an evict-first line would be replaced instead.
+VARIANTS["pf_evict_first"] = [(WG, """  asm volatile("cp.async.bulk.prefetch.tensor.4d.L2.global.tile [%0, {%1, %2, %3, %4}];\\n"
+               ::"l"(reinterpret_cast<uint64_t>(map)), "r"(col), "r"(0), "r"(head), "r"(page) : "memory");""",
+                               """  asm volatile("cp.async.bulk.prefetch.tensor.4d.L2.global.tile.L2::cache_hint [%0, {%1, %2, %3, %4}], %5;\\n"
+               ::"l"(reinterpret_cast<uint64_t>(map)), "r"(col), "r"(0), "r"(head), "r"(page), "l"(0x12F0000000000000ull) : "memory");""")]
 # The combine kernel as FlashMLA's does it: the first piece loaded before the log-sum-exp, each lse read from global
 # memory once into shared memory and turned into its weight there, the next piece loaded while one is summed.
 VARIANTS["combine_fm"] = [
