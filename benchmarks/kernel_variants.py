@@ -264,6 +264,28 @@ VARIANTS["pf_evict_first"] = [(WG, """  asm volatile("cp.async.bulk.prefetch.ten
                ::"l"(reinterpret_cast<uint64_t>(map)), "r"(col), "r"(0), "r"(head), "r"(page) : "memory");""",
                                """  asm volatile("cp.async.bulk.prefetch.tensor.4d.L2.global.tile.L2::cache_hint [%0, {%1, %2, %3, %4}], %5;\\n"
                ::"l"(reinterpret_cast<uint64_t>(map)), "r"(col), "r"(0), "r"(head), "r"(page), "l"(0x12F0000000000000ull) : "memory");""")]
+# The next request's first pages (one per page buffer: the ones its prologue copies) asked of L2 by warpgroup 0 once
+# this request's last refill is issued (no copies of this request are queued after it), so the next prologue's copies
+# come from L2; a request's start otherwise waits for the block table and then DRAM. next_l2: where a part has one
+# row tile; next_l2_t0: by row tile 0 of every part.
+BT_ROW = "    const int* bt = p.block_table + static_cast<int64_t>(req) * p.bt_stride;\n"
+STEADY_LOOP = "      for (; pa + 2 * NS < n; pa += 2) pair(pa, warpgroup, F{}, T1{}, T1{});\n"
+NEXT_TO_L2 = BT_ROW + """    const int next_last = req < end_req ? (req + 1 == end_req ? end_blk : (p.seqlens[req + 1] + kPage - 1) / kPage) : 0;
+    int next_pg[TL::kBufs];
+#pragma unroll
+    for (int j = 0; j < TL::kBufs; ++j)
+      next_pg[j] = req < end_req && j < p.bt_stride ? p.block_table[static_cast<int64_t>(req + 1) * p.bt_stride + j] : -1;
+    auto next_to_l2 = [&]() {
+      if ({cond} wt != 0) return;
+#pragma unroll
+      for (int j = 0; j < TL::kBufs; ++j)
+        if (j < next_last && next_pg[j] >= 0)
+          for (int sl = 0; sl < SL; ++sl) tma_prefetch_slab(&p.k_map, sl * 64, h, next_pg[j]);
+    };
+"""
+for name, cond in (("next_l2", "gridDim.x != 1 ||"), ("next_l2_t0", "mt != 0 ||")):
+    VARIANTS[name] = [(WG, BT_ROW, NEXT_TO_L2.replace("{cond}", cond)),
+                      (WG, STEADY_LOOP, STEADY_LOOP + "      if constexpr (decltype(warpgroup)::value == 0) next_to_l2();\n")]
 # The combine kernel as FlashMLA's does it: the first piece loaded before the log-sum-exp, each lse read from global
 # memory once into shared memory and turned into its weight there, the next piece loaded while one is summed.
 VARIANTS["combine_fm"] = [
