@@ -286,6 +286,25 @@ NEXT_TO_L2 = BT_ROW + """    const int next_last = req < end_req ? (req + 1 == e
 for name, cond in (("next_l2", "gridDim.x != 1 ||"), ("next_l2_t0", "mt != 0 ||")):
     VARIANTS[name] = [(WG, BT_ROW, NEXT_TO_L2.replace("{cond}", cond)),
                       (WG, STEADY_LOOP, STEADY_LOOP + "      if constexpr (decltype(warpgroup)::value == 0) next_to_l2();\n")]
+# The same pages asked of L2 by warpgroup 0's 128 threads with `prefetch.global.L2` (one per 128-byte line), so the
+# requests go through the load/store units and queue in front of no TMA copy (the TMA variants above do).
+VARIANTS["next_l2_lsu"] = [(WG, BT_ROW, NEXT_TO_L2.replace("{cond}", "gridDim.x != 1 ||").replace(
+    """      if (gridDim.x != 1 || wt != 0) return;
+#pragma unroll
+      for (int j = 0; j < TL::kBufs; ++j)
+        if (j < next_last && next_pg[j] >= 0)
+          for (int sl = 0; sl < SL; ++sl) tma_prefetch_slab(&p.k_map, sl * 64, h, next_pg[j]);
+""", """      if (gridDim.x != 1) return;
+      constexpr int kLines = DQK * sizeof(T) / 128;  // 128-byte lines of one token's row
+#pragma unroll
+      for (int j = 0; j < TL::kBufs; ++j)
+        if (j < next_last && next_pg[j] >= 0)
+          for (int i = wt; i < kPage * kLines; i += 128) {
+            const T* line = static_cast<const T*>(p.k) + static_cast<int64_t>(next_pg[j]) * p.k_bs + (i / kLines) * p.k_rs +
+                            h * p.k_hs + (i % kLines) * (128 / sizeof(T));
+            asm volatile("prefetch.global.L2 [%0];\\n" ::"l"(line));
+          }
+""")), (WG, STEADY_LOOP, STEADY_LOOP + "      if constexpr (decltype(warpgroup)::value == 0) next_to_l2();\n")]
 # The combine kernel as FlashMLA's does it: the first piece loaded before the log-sum-exp, each lse read from global
 # memory once into shared memory and turned into its weight there, the next piece loaded while one is summed.
 VARIANTS["combine_fm"] = [
@@ -423,7 +442,8 @@ CASES = [(128, 1, 16, 4096, 576, 512, False), (128, 1, 64, 4096, 576, 512, False
          (256, 1, 32, 700, 576, 512, True), (512, 1, 16, 1500, 576, 512, True), (32, 1, 128, 32768, 576, 512, False),
          (256, 1, 9, 1024, 320, 256, False), (256, 1, 32, 700, 320, 256, True),
          (64, 1, 16, 2048, 576, 512, True),
-         (256, 1, 32, 640, 576, 512, False)]  # the last: generate.py's Llama-3.2-1B decode (512 + 0-256 tokens)
+         (256, 1, 32, 640, 576, 512, False),  # generate.py's Llama-3.2-1B decode (512 + 0-256 tokens)
+         (256, 1, 12, 1024, 576, 512, False)]
 
 
 def apply_edits(path: Path, edits: list[tuple[str, str]], what: str, every: bool = False) -> None:
