@@ -6,7 +6,9 @@ otherwise share a module name and symbols, and the second silently ran the first
 copy (FM_VARIANTS) is built by the side-by-side tool's own `build_flashmla` (its flags, its module name), so a
 process loads at most one of them (two FlashMLA builds in one process crashed). Timing is
 the FlashMLA tool's (`make`, `graphed`, `timed`: CUDA-graph replay, L2 flushed, median of 30), same inputs
-for every variant, rounds in rotating order; `--sustained S` times back-to-back replays for S seconds instead (no
+for every variant, rounds in rotating order. The tool's flush (`zero_` of 512 MB) leaves L2 full of dirty lines whose
+write-back shares the timed call's bandwidth; `--clean-flush` reads the buffer after zeroing it, so L2 holds clean
+lines, as after a decode step's weight reads. `--sustained S` times back-to-back replays for S seconds instead (no
 flush: the power-limited steady state of a busy GPU) and samples the SM clock (kernel_clocks.py). The ablations
 make wrong outputs on purpose: they say what a part of the kernel costs, not a way to run it. `--timeline` adds, per
 case, one call of each stamped build (variant `stamps`, FlashMLA `fm_stamps`) and the medians of its per-pair
@@ -538,6 +540,17 @@ def load_ours(name: str, so: Path):
     return module
 
 
+class CleanFlush:
+    """The tool's flush buffer, read after it is zeroed: `zero_` leaves L2 full of clean lines instead of dirty ones."""
+
+    def __init__(self, buf):
+        self.buf = buf
+
+    def zero_(self) -> None:
+        self.buf.zero_()
+        self.buf.view(-1, 4096).amax()  # a 512 MB read (the result is not used)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variants", default="base", help=f"ours, comma-separated, the first is the reference: {','.join(VARIANTS)}")
@@ -549,6 +562,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=4, help="ninja jobs per build of ours")
     ap.add_argument("--work", type=Path, default=Path("/tmp/mlabatch-variants"))
     ap.add_argument("--out", type=Path, help="also write the JSON lines here")
+    ap.add_argument("--clean-flush", action="store_true", help="zero the flush buffer, then read it (L2 left clean)")
     ap.add_argument("--sustained", type=float, default=0.0, help="time each variant by back-to-back replays for this many "
                     "seconds (no L2 flush: the power-limited steady state) instead of the tool's flushed median, with the SM clock")
     ap.add_argument("--timeline", action="store_true", help="per case, one stamped call of each stamped build (variant "
@@ -567,7 +581,8 @@ def main() -> None:
     spec = importlib.util.spec_from_file_location("flashmla_side_by_side", args.tool)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    emit(event="device", name=torch.cuda.get_device_name(), variants=names, flashmla=fm, rounds=args.rounds)
+    emit(event="device", name=torch.cuda.get_device_name(), variants=names, flashmla=fm, rounds=args.rounds,
+         clean_flush=args.clean_flush, sustained=args.sustained)
     jobs = start_builds(names, args)
     fm_mod = None
     if fm:  # built here by the tool's own build (its flags), while ours compile
@@ -578,6 +593,8 @@ def main() -> None:
     from mlabatch.kernels import scheduler  # the reference variant's copy (same schedule in every variant)
 
     flush = torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
+    if args.clean_flush:
+        flush = CleanFlush(flush)
     smi: list[tuple[float, float, float, float]] = []
     smi_stop = threading.Event()
     if args.sustained:  # nvidia-smi samples the SM clock for each timing window

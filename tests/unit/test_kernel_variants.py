@@ -31,3 +31,11 @@ def test_an_edit_that_no_longer_applies_names_the_variant(tmp_path: Path) -> Non
     (tmp_path / "f.cuh").write_text("int a;\n")
     with pytest.raises(SystemExit, match="stale: expected one 'int b;'"):
         kernel_variants.apply_edits(tmp_path / "f.cuh", [("int b;", "int c;")], "stale")
+
+
+def test_clean_flush_zeroes_the_buffer_as_the_tools_flush_does() -> None:
+    import torch
+
+    buf = torch.full((1 << 16,), 7, dtype=torch.uint8)
+    kernel_variants.CleanFlush(buf).zero_()
+    assert int(buf.max()) == 0
