@@ -268,8 +268,9 @@ VARIANTS["pf_evict_first"] = [(WG, """  asm volatile("cp.async.bulk.prefetch.ten
                ::"l"(reinterpret_cast<uint64_t>(map)), "r"(col), "r"(0), "r"(head), "r"(page), "l"(0x12F0000000000000ull) : "memory");""")]
 # The next request's first pages (one per page buffer: the ones its prologue copies) asked of L2 by warpgroup 0 once
 # this request's last refill is issued (no copies of this request are queued after it), so the next prologue's copies
-# come from L2; a request's start otherwise waits for the block table and then DRAM. next_l2: where a part has one
-# row tile; next_l2_t0: by row tile 0 of every part.
+# come from L2; a request's start otherwise waits for the block table and then DRAM. next_l2: by TMA tensor prefetches
+# where a part has one row tile; next_l2_t0: the same by row tile 0 of every part; next_l2_lsu: by warpgroup 0's 128
+# threads with `prefetch.global.L2`, one per 128-byte line, so no request queues in front of a TMA copy.
 BT_ROW = "    const int* bt = p.block_table + static_cast<int64_t>(req) * p.bt_stride;\n"
 STEADY_LOOP = "      for (; pa + 2 * NS < n; pa += 2) pair(pa, warpgroup, F{}, T1{}, T1{});\n"
 NEXT_TO_L2 = BT_ROW + """    const int next_last = req < end_req ? (req + 1 == end_req ? end_blk : (p.seqlens[req + 1] + kPage - 1) / kPage) : 0;
@@ -278,35 +279,31 @@ NEXT_TO_L2 = BT_ROW + """    const int next_last = req < end_req ? (req + 1 == e
     for (int j = 0; j < TL::kBufs; ++j)
       next_pg[j] = req < end_req && j < p.bt_stride ? p.block_table[static_cast<int64_t>(req + 1) * p.bt_stride + j] : -1;
     auto next_to_l2 = [&]() {
-      if ({cond} wt != 0) return;
-#pragma unroll
+      if (@SKIP@) return;
+@LINES@#pragma unroll
       for (int j = 0; j < TL::kBufs; ++j)
         if (j < next_last && next_pg[j] >= 0)
-          for (int sl = 0; sl < SL; ++sl) tma_prefetch_slab(&p.k_map, sl * 64, h, next_pg[j]);
-    };
+@ASK@    };
 """
-for name, cond in (("next_l2", "gridDim.x != 1 ||"), ("next_l2_t0", "mt != 0 ||")):
-    VARIANTS[name] = [(WG, BT_ROW, NEXT_TO_L2.replace("{cond}", cond)),
-                      (WG, STEADY_LOOP, STEADY_LOOP + "      if constexpr (decltype(warpgroup)::value == 0) next_to_l2();\n")]
-# The same pages asked of L2 by warpgroup 0's 128 threads with `prefetch.global.L2` (one per 128-byte line), so the
-# requests go through the load/store units and queue in front of no TMA copy (the TMA variants above do).
-VARIANTS["next_l2_lsu"] = [(WG, BT_ROW, NEXT_TO_L2.replace("{cond}", "gridDim.x != 1 ||").replace(
-    """      if (gridDim.x != 1 || wt != 0) return;
-#pragma unroll
-      for (int j = 0; j < TL::kBufs; ++j)
-        if (j < next_last && next_pg[j] >= 0)
-          for (int sl = 0; sl < SL; ++sl) tma_prefetch_slab(&p.k_map, sl * 64, h, next_pg[j]);
-""", """      if (gridDim.x != 1) return;
-      constexpr int kLines = DQK * sizeof(T) / 128;  // 128-byte lines of one token's row
-#pragma unroll
-      for (int j = 0; j < TL::kBufs; ++j)
-        if (j < next_last && next_pg[j] >= 0)
-          for (int i = wt; i < kPage * kLines; i += 128) {
+ASK_TMA = "          for (int sl = 0; sl < SL; ++sl) tma_prefetch_slab(&p.k_map, sl * 64, h, next_pg[j]);\n"
+ASK_LSU = """          for (int i = wt; i < kPage * kLines; i += 128) {
             const T* line = static_cast<const T*>(p.k) + static_cast<int64_t>(next_pg[j]) * p.k_bs + (i / kLines) * p.k_rs +
                             h * p.k_hs + (i % kLines) * (128 / sizeof(T));
             asm volatile("prefetch.global.L2 [%0];\\n" ::"l"(line));
           }
-""")), (WG, STEADY_LOOP, STEADY_LOOP + "      if constexpr (decltype(warpgroup)::value == 0) next_to_l2();\n")]
+"""
+LINES = "      constexpr int kLines = DQK * sizeof(T) / 128;  // 128-byte lines of one token's row\n"
+
+
+def next_request_to_l2(skip: str, ask: str, lines: str = "") -> list[tuple[str, str, str]]:
+    """Edits: warpgroup 0 asks L2 for the next request's first pages (`ask`, unless `skip`) after its refilling pairs."""
+    code = NEXT_TO_L2.replace("@SKIP@", skip).replace("@LINES@", lines).replace("@ASK@", ask)
+    return [(WG, BT_ROW, code), (WG, STEADY_LOOP, STEADY_LOOP + "      if constexpr (decltype(warpgroup)::value == 0) next_to_l2();\n")]
+
+
+VARIANTS["next_l2"] = next_request_to_l2("gridDim.x != 1 || wt != 0", ASK_TMA)
+VARIANTS["next_l2_t0"] = next_request_to_l2("mt != 0 || wt != 0", ASK_TMA)
+VARIANTS["next_l2_lsu"] = next_request_to_l2("gridDim.x != 1", ASK_LSU, LINES)
 # The combine kernel as FlashMLA's does it: the first piece loaded before the log-sum-exp, each lse read from global
 # memory once into shared memory and turned into its weight there, the next piece loaded while one is summed.
 VARIANTS["combine_fm"] = [
