@@ -55,6 +55,7 @@ REFILL_K1_FIRST = "          if constexpr (R) load_to(2 * cur + 1, next_b, 0, VS
 REFILL_K1_REST = "            load_to(2 * cur + 1, next_b, VS, SL);\n"
 REFILL_K0_REST = "            load_to(2 * cur, next_a, VS, SL);\n"
 HELPERS_AT = "// Named barriers between the warpgroups"
+SOFTMAX_EXP = "s[t] = exp2f(fmaf(s[t], p.scale_log2, -m_use[(t >> 1) & 1]));"
 PREFETCH_BODY = "      if (gridDim.x != 1 || wt != 0 || page < 0) return;\n"  # the condition of the L2 prefetch of a page's other half
 L2_PREFETCH = """__device__ __forceinline__ void l2_prefetch(const void* src, uint32_t bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\\n" ::"l"(src), "r"(bytes) : "memory");
@@ -90,7 +91,7 @@ VARIANTS: dict[str, list[tuple[str, str, str]]] = {
     "pv_skip": [(WG, "for (int kk = 0; kk < 4; ++kk) WgmmaRS<T, NH, 1>", "for (int kk = 0; kk < 0; ++kk) WgmmaRS<T, NH, 1>"),
                 (WG, "for (int kk = 0; kk < 4; ++kk) Wgmma<T, NH, 1>", "for (int kk = 0; kk < 0; ++kk) Wgmma<T, NH, 1>")],
     "s_rs": [(WG, "if (sl < SL - 1)\n          Wgmma<T, 64, 0>", "if (false && sl < SL - 1)\n          Wgmma<T, 64, 0>")],
-    "cheap_exp": [(WG, "s[t] = exp2f(fmaf(s[t], p.scale_log2, -m_use[(t >> 1) & 1]));",
+    "cheap_exp": [(WG, SOFTMAX_EXP,
                    "s[t] = fmaf(s[t], p.scale_log2, -m_use[(t >> 1) & 1]) * 0.0001f + 0.5f;")],
     # Candidates (correct outputs). The slab wait with CUTLASS's suspend-time hint:
     "hint": [(WG, "try_wait.parity.shared::cta.b64 P1, [%0], %1;", "try_wait.parity.shared::cta.b64 P1, [%0], %1, %2;"),
@@ -240,7 +241,6 @@ EXP2_FMA = """__device__ __forceinline__ float exp2_fma(float x) {
   return __int_as_float(__float_as_int(q) + (__float_as_int(t) << 23));
 }
 """
-SOFTMAX_EXP = "s[t] = exp2f(fmaf(s[t], p.scale_log2, -m_use[(t >> 1) & 1]));"
 for every in (2, 4, 8):
     VARIANTS[f"exp_fma{every}"] = [
         (WG, HELPERS_AT, EXP2_FMA + HELPERS_AT),
@@ -250,11 +250,8 @@ for every in (2, 4, 8):
 # Warpgroup 0's refill of K0's V half 0 (and its L2 prefetch of the rest) issued after it hands P of page a over
 # (bar_arrive(kP0)) instead of before: the copies' issue (about 520 cycles in the sixteenth session's timeline) then
 # leaves the chain kScale1 -> P of page a stored -> warpgroup 1's P V of page a.
-K0_COPY = """        if constexpr (R) {
-          load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it
-          prefetch_to_l2(next_a, VS, SL);   // the rest, copied by warpgroup 1 at the pair's end
-        }
-"""
+K0_COPY = ("        if constexpr (R) {\n" + REFILL_K0_FIRST
+           + "          prefetch_to_l2(next_a, VS, SL);   // the rest, copied by warpgroup 1 at the pair's end\n        }\n")
 P0_HANDOVER = """        pack_p(a, f1);  // P of page a under page b's max, for warpgroup 1
         store_p(a);
         bar_arrive(kP0);
@@ -559,9 +556,10 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=4, help="ninja jobs per build of ours")
     ap.add_argument("--work", type=Path, default=Path("/tmp/mlabatch-variants"))
     ap.add_argument("--out", type=Path, help="also write the JSON lines here")
-    ap.add_argument("--clean-flush", action="store_true", help="zero the flush buffer, then read it (L2 left clean)")
-    ap.add_argument("--sustained", type=float, default=0.0, help="time each variant by back-to-back replays for this many "
-                    "seconds (no L2 flush: the power-limited steady state) instead of the tool's flushed median, with the SM clock")
+    regime = ap.add_mutually_exclusive_group()
+    regime.add_argument("--clean-flush", action="store_true", help="zero the flush buffer, then read it (L2 left clean)")
+    regime.add_argument("--sustained", type=float, default=0.0, help="time each variant by back-to-back replays for this many "
+                        "seconds (no L2 flush: the power-limited steady state) instead of the tool's flushed median, with the SM clock")
     ap.add_argument("--timeline", action="store_true", help="per case, one stamped call of each stamped build (variant "
                     "stamps, FlashMLA fm_stamps) and its pair timeline")
     args = ap.parse_args()
