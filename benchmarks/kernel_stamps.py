@@ -31,7 +31,7 @@ def stamp_edits(wg_file: str) -> list[tuple[str, str, str]]:
     refills (not a part's last pair)."""
     at = [(0, "        mask_rowmax(blk_a, mx, LAST || p.causal);\n", True), (1, "        publish(kScale0, m_use);\n", False),
           (2, "        pv_local(a, dv_half0);\n", False),
-          (5, "          load_to(2 * cur, next_a, 0, VS);", False), (6, "        bar_wait(kP1);", False),
+          (5, "        if constexpr (R) load_to(2 * cur, next_a, 0, VS);", False), (6, "        bar_wait(kP1);", False),
           (7, "        if constexpr (B) pv_remote(1, dv_half1);\n", False), (8, "          wgmma_wait<VS>();", False),
           (9, "          if constexpr (R) load_to(2 * cur + 1, next_b, 0, VS);\n", False), (10, "          phase ^= 1u << nxt;\n", False),
           (0, "        if constexpr (B) mask_rowmax(blk_b, mx, LAST || p.causal);\n", True), (1, "        bar_wait(kScale0);", False),

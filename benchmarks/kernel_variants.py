@@ -50,19 +50,40 @@ stamps = _sibling("kernel_stamps")
 NEXT_PAGES = "const int next_a = R ? bt[blk_a + 2 * NS] : 0, next_b = R && blk_b + 2 * NS < last ? bt[blk_b + 2 * NS] : -1;"
 # The refill copies of a pair in the wgmma kernel (warpgroup 0: K0's and K1's first halves; warpgroup 1: the rests),
 # and the line above which variants define their device helpers.
-REFILL_K0_FIRST = "          load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it\n"
+REFILL_K0_FIRST = "        if constexpr (R) load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it\n"
 REFILL_K1_FIRST = "          if constexpr (R) load_to(2 * cur + 1, next_b, 0, VS);\n"
 REFILL_K1_REST = "            load_to(2 * cur + 1, next_b, VS, SL);\n"
 REFILL_K0_REST = "            load_to(2 * cur, next_a, VS, SL);\n"
 HELPERS_AT = "// Named barriers between the warpgroups"
 SOFTMAX_EXP = "s[t] = exp2f(fmaf(s[t], p.scale_log2, -m_use[(t >> 1) & 1]));"
-PREFETCH_BODY = "      if (gridDim.x != 1 || wt != 0 || page < 0) return;\n"  # the condition of the L2 prefetch of a page's other half
 L2_PREFETCH = """__device__ __forceinline__ void l2_prefetch(const void* src, uint32_t bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\\n" ::"l"(src), "r"(bytes) : "memory");
 }
 """
 WITH_L2_PREFETCH = (WG, HELPERS_AT, L2_PREFETCH + HELPERS_AT)  # the edit that defines l2_prefetch
-NO_HALF_PREFETCH = (WG, PREFETCH_BODY, "      return;\n")  # the edit that switches HEAD's L2 half prefetch off
+TMA_PREFETCH = """__device__ __forceinline__ void tma_prefetch_slab(const CUtensorMap* map, int col, int head, int page) {
+  asm volatile("cp.async.bulk.prefetch.tensor.4d.L2.global.tile [%0, {%1, %2, %3, %4}];\\n"
+               ::"l"(reinterpret_cast<uint64_t>(map)), "r"(col), "r"(0), "r"(head), "r"(page) : "memory");
+}
+"""
+ONE_TILE_ONLY = "gridDim.x != 1 || wt != 0 || page < 0"  # where 24b1abb's kernel skipped its L2 half prefetch
+ASK_HALF = "      for (int sl = lo; sl < hi; ++sl) tma_prefetch_slab(&p.k_map, sl * 64, h, page);\n"
+K0_FIRST_AND_PREFETCH = ("        if constexpr (R) {\n          load_to(2 * cur, next_a, 0, VS);\n"
+                         "          prefetch_to_l2(next_a, VS, SL);\n        }\n")
+
+
+def half_prefetch(skip: str = ONE_TILE_ONLY, ask: str = ASK_HALF, helper: str = TMA_PREFETCH) -> list[tuple[str, str, str]]:
+    """Edits: right after each page's first half is copied, its other half is asked of L2 (`ask`, slabs [lo, hi) of
+    `page`, unless `skip`; `helper` defines what `ask` calls), so it comes from L2 when it is copied 1,000-2,000 cycles
+    later. With the defaults, the kernel of 24b1abb..0961e51 (the twentieth session took it out: it cost 2-5% with L2
+    clean or back to back)."""
+    return [
+        (WG, HELPERS_AT, helper + HELPERS_AT),
+        (WG, "    uint32_t q_last[4][4];", f"    auto prefetch_to_l2 = [&](int page, int lo, int hi) {{\n      if ({skip}) return;\n{ask}"
+                                         "    };\n    uint32_t q_last[4][4];"),
+        (WG, REFILL_K0_FIRST, K0_FIRST_AND_PREFETCH),
+        (WG, REFILL_K1_REST, REFILL_K1_REST + "            prefetch_to_l2(next_b, 0, VS);\n"),
+    ]
 
 
 def prefetch_variant(cond: str, ahead: int) -> list[tuple[str, str, str]]:
@@ -198,7 +219,8 @@ VARIANTS["rope_early"] = [
      "      for (int sl = 2 * VS; sl < SL; ++sl) score_slab(set, sl, sl == 2 * VS);\n"
      "#pragma unroll\n      for (int sl = VS; sl < 2 * VS; ++sl) score_slab(set, sl, SL == 2 * VS && sl == VS);\n"
      "#pragma unroll\n      for (int sl = 0; sl < VS; ++sl) score_slab(set, sl, false);\n"),
-    (WG, REFILL_K0_FIRST, "          load_to(2 * cur, next_a, 0, VS);\n          load_to(2 * cur, next_a, 2 * VS, SL);\n"),
+    (WG, REFILL_K0_FIRST,
+     "        if constexpr (R) {\n          load_to(2 * cur, next_a, 0, VS);\n          load_to(2 * cur, next_a, 2 * VS, SL);\n        }\n"),
     (WG, "          for (int sl = VS; sl < SL; ++sl) score_slab(nxt, sl, false);\n",
      "          for (int sl = 2 * VS; sl < SL; ++sl) score_slab(nxt, sl, false);\n"
      "#pragma unroll\n          for (int sl = VS; sl < 2 * VS; ++sl) score_slab(nxt, sl, false);\n"),
@@ -206,7 +228,6 @@ VARIANTS["rope_early"] = [
      "        if constexpr (B) pv_local(a, dv_half1);\n        if constexpr (R) load_to(2 * cur + 1, next_b, 2 * VS, SL);\n        bar_wait(kP0);"),
     (WG, REFILL_K1_REST, "            load_to(2 * cur + 1, next_b, VS, 2 * VS);\n"),
     (WG, REFILL_K0_REST, "            load_to(2 * cur, next_a, VS, 2 * VS);\n"),
-    NO_HALF_PREFETCH,  # as measured: before HEAD's L2 prefetch
 ]
 # Is DRAM row locality what the split refills cost? Each page copied whole at one point (K0 by warpgroup 1 once
 # its last P V is done, K1 by warpgroup 0 once its P V of page b is done: timing only, warpgroup 1's own P V of
@@ -216,18 +237,16 @@ VARIANTS["page_whole"] = [
     (WG, REFILL_K1_FIRST, "          if constexpr (R) load_to(2 * cur + 1, next_b, 0, SL);\n"),
     (WG, REFILL_K1_REST, ""),
     (WG, REFILL_K0_REST, "            load_to(2 * cur, next_a, 0, SL);\n"),
-    NO_HALF_PREFETCH,  # as measured: before HEAD's L2 prefetch
 ]
-# The L2 prefetch of each page's other half right after its first half's copies (HEAD: by TMA, where a part has one
-# row tile) switched off, done by every row tile or by row tile 0 only, or done as the seventeenth session's whole-page
-# bulk prefetch (pf_page: every tile; pf_page_one_tile: one-tile parts).
-WHOLE_PAGE_PF = ("      if ({cond}wt != 0 || page < 0) return;\n      l2_prefetch(static_cast<const T*>(p.k) + static_cast<int64_t>(page)"
-                 " * p.k_bs + h * p.k_hs, TL::kTileBytes);\n      return;\n")
-VARIANTS["no_half_prefetch"] = [NO_HALF_PREFETCH]
-VARIANTS["pf_half"] = [(WG, PREFETCH_BODY, "      if (wt != 0 || page < 0) return;\n")]
-VARIANTS["pf_half_t0"] = [(WG, PREFETCH_BODY, "      if (mt != 0 || wt != 0 || page < 0) return;\n")]
-VARIANTS["pf_page"] = [WITH_L2_PREFETCH, (WG, PREFETCH_BODY, WHOLE_PAGE_PF.format(cond=""))]
-VARIANTS["pf_page_one_tile"] = [WITH_L2_PREFETCH, (WG, PREFETCH_BODY, WHOLE_PAGE_PF.format(cond="gridDim.x != 1 || "))]
+# The L2 prefetch of each page's other half right after its first half's copies: by TMA where a part has one row tile
+# (half_prefetch: 24b1abb..0961e51's kernel), by every row tile or by row tile 0 only, or as the seventeenth session's
+# whole-page bulk prefetch (pf_page: every tile; pf_page_one_tile: one-tile parts).
+ASK_PAGE = ("      l2_prefetch(static_cast<const T*>(p.k) + static_cast<int64_t>(page) * p.k_bs + h * p.k_hs, TL::kTileBytes);\n")
+VARIANTS["half_prefetch"] = half_prefetch()
+VARIANTS["pf_half"] = half_prefetch("wt != 0 || page < 0")
+VARIANTS["pf_half_t0"] = half_prefetch("mt != 0 || wt != 0 || page < 0")
+VARIANTS["pf_page"] = half_prefetch("wt != 0 || page < 0", ASK_PAGE, L2_PREFETCH)
+VARIANTS["pf_page_one_tile"] = half_prefetch(ask=ASK_PAGE, helper=L2_PREFETCH)
 # Part of the softmax's exponentials on the FMA pipe instead of MUFU (FlashAttention-4's trick): both warpgroups'
 # softmaxes run at once here, so the two warps of each SM sub-partition share its quarter-rate MUFU. Element t of
 # every `every` (t % every == every - 1) takes 2^x = 2^j * p(f), j = round(x) by the 1.5 * 2^23 shift, p a degree-3
@@ -249,20 +268,18 @@ for every in (2, 4, 8):
     ]
 # Warpgroup 0's refill of K0's V half 0 (and its L2 prefetch of the rest) issued after it hands P of page a over
 # (bar_arrive(kP0)) instead of before: the copies' issue (about 520 cycles in the sixteenth session's timeline) then
-# leaves the chain kScale1 -> P of page a stored -> warpgroup 1's P V of page a.
-K0_COPY = ("        if constexpr (R) {\n" + REFILL_K0_FIRST
-           + "          prefetch_to_l2(next_a, VS, SL);   // the rest, copied by warpgroup 1 at the pair's end\n        }\n")
+# leaves the chain kScale1 -> P of page a stored -> warpgroup 1's P V of page a. This and the variants below up to
+# the combine kernel's were measured with the L2 half prefetch in the kernel, so they build on half_prefetch().
 P0_HANDOVER = """        pack_p(a, f1);  // P of page a under page b's max, for warpgroup 1
         store_p(a);
         bar_arrive(kP0);
 """
-VARIANTS["k0_copy_after_p"] = [(WG, K0_COPY + P0_HANDOVER, P0_HANDOVER + K0_COPY)]
+VARIANTS["k0_copy_after_p"] = half_prefetch() + [(WG, K0_FIRST_AND_PREFETCH + P0_HANDOVER, P0_HANDOVER + K0_FIRST_AND_PREFETCH)]
 # The L2 half prefetch with the page copies' EVICT_FIRST policy: without a hint its lines are normal priority, so each
 # may evict one of the flush's dirty lines (a DRAM write) where an evict-first line would be replaced instead.
-VARIANTS["pf_evict_first"] = [(WG, """  asm volatile("cp.async.bulk.prefetch.tensor.4d.L2.global.tile [%0, {%1, %2, %3, %4}];\\n"
-               ::"l"(reinterpret_cast<uint64_t>(map)), "r"(col), "r"(0), "r"(head), "r"(page) : "memory");""",
-                               """  asm volatile("cp.async.bulk.prefetch.tensor.4d.L2.global.tile.L2::cache_hint [%0, {%1, %2, %3, %4}], %5;\\n"
-               ::"l"(reinterpret_cast<uint64_t>(map)), "r"(col), "r"(0), "r"(head), "r"(page), "l"(0x12F0000000000000ull) : "memory");""")]
+VARIANTS["pf_evict_first"] = half_prefetch(helper=TMA_PREFETCH.replace(
+    'tile [%0, {%1, %2, %3, %4}];', 'tile.L2::cache_hint [%0, {%1, %2, %3, %4}], %5;').replace(
+    '"r"(page) : "memory"', '"r"(page), "l"(0x12F0000000000000ull) : "memory"'))
 # The next request's first pages (one per page buffer: the ones its prologue copies) asked of L2 by warpgroup 0 once
 # this request's last refill is issued (no copies of this request are queued after it), so the next prologue's copies
 # come from L2; a request's start otherwise waits for the block table and then DRAM. next_l2: by TMA tensor prefetches
@@ -298,9 +315,9 @@ def next_request_to_l2(skip: str, ask: str, lines: str = "") -> list[tuple[str, 
     return [(WG, BT_ROW, code), (WG, STEADY_LOOP, STEADY_LOOP + "      if constexpr (decltype(warpgroup)::value == 0) next_to_l2();\n")]
 
 
-VARIANTS["next_l2"] = next_request_to_l2("gridDim.x != 1 || wt != 0", ASK_TMA)
-VARIANTS["next_l2_t0"] = next_request_to_l2("mt != 0 || wt != 0", ASK_TMA)
-VARIANTS["next_l2_lsu"] = next_request_to_l2("gridDim.x != 1", ASK_LSU, LINES)
+VARIANTS["next_l2"] = half_prefetch() + next_request_to_l2("gridDim.x != 1 || wt != 0", ASK_TMA)
+VARIANTS["next_l2_t0"] = half_prefetch() + next_request_to_l2("mt != 0 || wt != 0", ASK_TMA)
+VARIANTS["next_l2_lsu"] = half_prefetch() + next_request_to_l2("gridDim.x != 1", ASK_LSU, LINES)
 # The combine kernel as FlashMLA's does it: the first piece loaded before the log-sum-exp, each lse read from global
 # memory once into shared memory and turned into its weight there, the next piece loaded while one is summed.
 VARIANTS["combine_fm"] = [

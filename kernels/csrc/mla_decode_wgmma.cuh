@@ -18,8 +18,7 @@
 // see `publish`). Whoever last reads a part of a
 // page buffer issues its refill (warpgroup 0: the V0 half it owns, and K1's V half it owns; warpgroup 1
 // the rest), and S waits on each slab's barrier just before its four wgmma, so S starts on the first
-// slabs while the rest are in flight. Where a part has one row tile, each page's later half is asked of L2 as
-// its earlier half is copied (prefetch_to_l2). The last Q slab lives in registers (wgmma with A from registers),
+// slabs while the rest are in flight. The last Q slab lives in registers (wgmma with A from registers),
 // which leaves room in shared memory for the two P tiles; it arrives through P tile 0 with the rest of Q, which
 // each request copies under the previous request's epilogue.
 // Epilogue: a request decoded whole writes O through shared memory with one bulk copy per row (FlashMLA
@@ -95,11 +94,6 @@ __device__ __forceinline__ void tma_slab(uint32_t dst, const CUtensorMap* map, u
       "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%3, %4, %5, %6}], [%2], %7;\n"
       ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(col), "r"(0), "r"(head), "r"(page),
       "l"(0x12F0000000000000ull) : "memory");
-}
-// Asks L2 for the same slab without copying it anywhere (TMA tensor prefetch).
-__device__ __forceinline__ void tma_prefetch_slab(const CUtensorMap* map, int col, int head, int page) {
-  asm volatile("cp.async.bulk.prefetch.tensor.4d.L2.global.tile [%0, {%1, %2, %3, %4}];\n"
-               ::"l"(reinterpret_cast<uint64_t>(map)), "r"(col), "r"(0), "r"(head), "r"(page) : "memory");
 }
 
 // Named barriers between the warpgroups (0 is __syncthreads): the producer warpgroup arrives, the consumer
@@ -193,14 +187,6 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
           mbar_arrive(bar_of(w, sl));
         }
       }
-    };
-    // Slabs [lo, hi) of page `page` asked of L2 (no copy) right after its other half's copies, so they come from L2
-    // when they are copied 1,000-2,000 cycles later. Only where a part has one row tile: there it made long requests
-    // 1-3% faster and short ones -0.5% to +1% (H200); where two or more tiles read each page, the extra requests
-    // cost 1.5-3.4%.
-    auto prefetch_to_l2 = [&](int page, int lo, int hi) {
-      if (gridDim.x != 1 || wt != 0 || page < 0) return;
-      for (int sl = lo; sl < hi; ++sl) tma_prefetch_slab(&p.k_map, sl * 64, h, page);
     };
     uint32_t q_last[4][4];  // Q's last slab as wgmma A fragments, read from P tile 0 in the prologue below
     float s[32];  // this warpgroup's page scores (m64n64 accumulator), then its P
@@ -434,10 +420,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
           f1[e] = s_scale[64 + tr[e]];
           m_run[e] = s_m[64 + tr[e]];
         }
-        if constexpr (R) {
-          load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it
-          prefetch_to_l2(next_a, VS, SL);   // the rest, copied by warpgroup 1 at the pair's end
-        }
+        if constexpr (R) load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it
         pack_p(a, f1);  // P of page a under page b's max, for warpgroup 1
         store_p(a);
         bar_arrive(kP0);
@@ -500,7 +483,6 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
           if constexpr (R) {
             wgmma_wait<1>();  // P V of page b done: the rest of K1 is free
             load_to(2 * cur + 1, next_b, VS, SL);
-            prefetch_to_l2(next_b, 0, VS);  // K1's V half 0, copied by warpgroup 0 later in this pair
             wgmma_wait<0>();  // P V of page a done: the rest of K0 is free
             load_to(2 * cur, next_a, VS, SL);
           }
