@@ -456,7 +456,7 @@ CASES = [(128, 1, 16, 4096, 576, 512, False), (128, 1, 64, 4096, 576, 512, False
          (256, 1, 9, 1024, 320, 256, False), (256, 1, 32, 700, 320, 256, True),
          (64, 1, 16, 2048, 576, 512, True),
          (256, 1, 32, 640, 576, 512, False),  # generate.py's Llama-3.2-1B decode (512 + 0-256 tokens)
-         (256, 1, 12, 1024, 576, 512, False)]
+         (256, 1, 12, 1024, 576, 512, False), (256, 1, 12, 1024, 384, 384, False)]
 
 
 def apply_edits(path: Path, edits: list[tuple[str, str]], what: str, every: bool = False) -> None:
