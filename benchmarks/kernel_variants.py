@@ -46,6 +46,16 @@ def _sibling(name: str):
     return module
 
 
+def edit_text(text: str, edits: list[tuple[str, str]], what: str, every: bool = False, where: str = "the text") -> str:
+    """`text` with each old text replaced by its new text: it must occur once (or, with `every`, at least once)."""
+    for old, new in edits:
+        found = text.count(old)
+        if found != 1 and not (every and found > 1):
+            raise SystemExit(f"{what}: expected {'some' if every else 'one'} {old[:60]!r} in {where}, found {found}")
+        text = text.replace(old, new)
+    return text
+
+
 stamps = _sibling("kernel_stamps")
 NEXT_PAGES = "const int next_a = R ? bt[blk_a + 2 * NS] : 0, next_b = R && blk_b + 2 * NS < last ? bt[blk_b + 2 * NS] : -1;"
 # The refill copies of a pair in the wgmma kernel (warpgroup 0: K0's and K1's first halves; warpgroup 1: the rests),
@@ -277,9 +287,9 @@ P0_HANDOVER = """        pack_p(a, f1);  // P of page a under page b's max, for 
 VARIANTS["k0_copy_after_p"] = half_prefetch() + [(WG, K0_FIRST_AND_PREFETCH + P0_HANDOVER, P0_HANDOVER + K0_FIRST_AND_PREFETCH)]
 # The L2 half prefetch with the page copies' EVICT_FIRST policy: without a hint its lines are normal priority, so each
 # may evict one of the flush's dirty lines (a DRAM write) where an evict-first line would be replaced instead.
-VARIANTS["pf_evict_first"] = half_prefetch(helper=TMA_PREFETCH.replace(
-    'tile [%0, {%1, %2, %3, %4}];', 'tile.L2::cache_hint [%0, {%1, %2, %3, %4}], %5;').replace(
-    '"r"(page) : "memory"', '"r"(page), "l"(0x12F0000000000000ull) : "memory"'))
+VARIANTS["pf_evict_first"] = half_prefetch(helper=edit_text(TMA_PREFETCH, [
+    ('tile [%0, {%1, %2, %3, %4}];', 'tile.L2::cache_hint [%0, {%1, %2, %3, %4}], %5;'),
+    ('"r"(page) : "memory"', '"r"(page), "l"(0x12F0000000000000ull) : "memory"')], "pf_evict_first", where="TMA_PREFETCH"))
 # The next request's first pages (one per page buffer: the ones its prologue copies) asked of L2 by warpgroup 0 once
 # this request's last refill is issued (no copies of this request are queued after it), so the next prologue's copies
 # come from L2; a request's start otherwise waits for the block table and then DRAM. next_l2: by TMA tensor prefetches
@@ -460,14 +470,8 @@ CASES = [(128, 1, 16, 4096, 576, 512, False), (128, 1, 64, 4096, 576, 512, False
 
 
 def apply_edits(path: Path, edits: list[tuple[str, str]], what: str, every: bool = False) -> None:
-    """Replace each old text with its new text in file `path`: it must occur once (or, with `every`, at least once)."""
-    text = path.read_text()
-    for old, new in edits:
-        found = text.count(old)
-        if found != 1 and not (every and found > 1):
-            raise SystemExit(f"{what}: expected {'some' if every else 'one'} {old[:60]!r} in {path}, found {found}")
-        text = text.replace(old, new)
-    path.write_text(text)
+    """edit_text on file `path`."""
+    path.write_text(edit_text(path.read_text(), edits, what, every, str(path)))
 
 
 def apply_variant(root: Path, edits: list[tuple[str, str, str]], what: str, every: bool = False) -> None:
