@@ -451,6 +451,64 @@ __global__ void __launch_bounds__(kCombineWarps * 32) mla_combine_kernel(const _
   cfg.dynamicSmemBytes = smem;
 """)
 ]
+# A request's start waits for its length and, beside it, the block-table entries of its first pages (session 21).
+# first_after_len: the entries read after the length, as before, so the A/B reruns at HEAD (--variants
+# first_after_len,base). meta_ahead: the part's later requests find their length and entries in shared memory,
+# copied there (4-byte cp.async by thread 0) under the request before, so no global load precedes their copies.
+FIRST_PAGES = """    int first_page[NS];
+#pragma unroll
+    for (int set = 0; set < NS; ++set) {
+      const int blk = first + 2 * set + wg;
+      first_page[set] = blk < p.bt_cols ? bt[blk] : -1;
+    }
+    const int len = p.seqlens[req];
+"""
+VARIANTS["first_after_len"] = [
+    (WG, FIRST_PAGES, "    const int len = p.seqlens[req];\n"),
+    (WG, "blk < last ? first_page[set] : -1", "blk < last ? bt[blk] : -1"),
+]
+CP_ASYNC4 = """__device__ __forceinline__ void cp_async4(uint32_t dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\\n" ::"r"(dst), "l"(src) : "memory");
+}
+// Each page is read once per CTA"""
+VARIANTS["meta_ahead"] = [
+    (WG, "// Each page is read once per CTA", CP_ASYNC4),
+    (WG, "bufs * kSlabs * 8; }", "bufs * kSlabs * 8 + (1 + bufs) * 4; }"),
+    (WG, "  auto bar_of = [&](int w, int sl) { return bars + (w * SL + sl) * 8; };\n",
+     "  auto bar_of = [&](int w, int sl) { return bars + (w * SL + sl) * 8; };\n"
+     "  const uint32_t ahead = bars + TL::kBufs * SL * 8;  // the next request's length, then its first pages' entries\n"
+     "  const int* s_ahead = reinterpret_cast<const int*>(smem + (ahead - base));\n"),
+    (WG, FIRST_PAGES, """    int first_page[NS], len;
+    if (req == begin_req) {
+#pragma unroll
+      for (int set = 0; set < NS; ++set) {
+        const int blk = first + 2 * set + wg;
+        first_page[set] = blk < p.bt_cols ? bt[blk] : -1;
+      }
+      len = p.seqlens[req];
+    } else {
+      len = s_ahead[0];
+#pragma unroll
+      for (int set = 0; set < NS; ++set) first_page[set] = s_ahead[1 + 2 * set + wg];
+    }
+"""),
+    (WG, "    cp_async_wait<0>();\n    fence_proxy_async();\n    __syncthreads();\n",
+     """    cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();
+    if (tid == 0 && req < end_req) {  // the next request's, read at its top (it starts at block 0)
+      cp_async4(ahead, p.seqlens + req + 1);
+      for (int w = 0; w < TL::kBufs && w < p.bt_cols; ++w) cp_async4(ahead + 4 * (1 + w), bt + p.bt_stride + w);
+      cp_async_commit();
+    }
+"""),
+    (WG, "    __syncthreads();  // the page buffers, P and the sums are reused by the next request of this part\n",
+     "    cp_async_wait<1>();  // thread 0: the next request's entries (the next Q's copies, the last group, may be in flight)\n"
+     "    __syncthreads();  // the page buffers, P and the sums are reused by the next request of this part\n"),
+]
+# The scheduler's cost per request, in pages (FlashMLA's 5 in the tree): each variant schedules with its own.
+for cost in (1, 2, 3):
+    VARIANTS[f"overhead{cost}"] = [("limits.py", "FIXED_OVERHEAD = 5 ", f"FIXED_OVERHEAD = {cost} ")]
 FM_FILE = "sm90/decode/dense/splitkv_mla.cuh"
 FM_VARIANTS: dict[str, list[tuple[str, str, str]]] = {  # the same ablations in FlashMLA's dense decode (every occurrence)
     "fm": [],
@@ -529,22 +587,25 @@ def start_builds(names: list[str], args: argparse.Namespace) -> dict[str, subpro
     jobs = {}
     for name in names:
         root = make_ours(name, args.work)
+        # The cache outlives make_ours' fresh copy, so a second run in one machine session reuses an unchanged build.
         env = dict(os.environ, PYTHONPATH=f"{root}:{os.environ.get('PYTHONPATH', '')}",
-                   MLABATCH_KERNELS_CACHE=str(root / "cache"), MAX_JOBS=str(args.jobs))
-        code = "from mlabatch.kernels import build; m, why = build.load_extension(); print(why); assert m is not None"
+                   MLABATCH_KERNELS_CACHE=str(args.work / "_cache" / name), MAX_JOBS=str(args.jobs))
+        code = "from mlabatch.kernels import build; m, why = build.load_extension(); print(why); print(m.__file__)"
         jobs[name] = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return jobs
 
 
 def finish_builds(jobs: dict[str, subprocess.Popen], args: argparse.Namespace, emit: Log) -> dict[str, Path]:
-    """Wait for the builds start_builds began; return each variant's .so."""
+    """Wait for the builds start_builds began; return each variant's .so (the last line its build printed)."""
     start = time.time()
+    built = {}
     for name, job in jobs.items():
         log = job.communicate()[0]
         if job.returncode != 0:
             raise SystemExit(f"building {name} failed:\n{log[-3000:]}")
-        emit(event="built", variant=name, seconds=round(time.time() - start, 1))
-    return {n: next((args.work / n / "cache").glob(f"*/{module_name(n)}.so")) for n in jobs}
+        built[name] = Path(log.strip().splitlines()[-1])
+        emit(event="built", variant=name, seconds=round(time.time() - start, 1), how=log.strip().splitlines()[-2][:120])
+    return built
 
 
 def load_ours(name: str, so: Path):
@@ -606,7 +667,7 @@ def main() -> None:
         fm_mod = tool.build_flashmla()
     exts = {n: load_ours(n, so) for n, so in finish_builds(jobs, args, emit).items()}
     sys.path.insert(0, str(args.work / names[0]))
-    from mlabatch.kernels import scheduler  # the reference variant's copy (same schedule in every variant)
+    from mlabatch.kernels import scheduler  # the reference variant's copy (the part count is every variant's)
 
     flush = torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
     if args.clean_flush:
@@ -623,8 +684,9 @@ def main() -> None:
         lens = torch.normal(float(s_k), s_k / 2, (b,), generator=gen).clamp(min=s_q).int().tolist() if varlen else [s_k] * b
         q, kc, tb, ln = tool.make(b, s_q, h_q, 1, lens, d, poison=False)
         scale = d**-0.5
-        meta, splits = exts[names[0]].mla_metadata(ln, scheduler.num_sm_parts(scheduler.device_num_sms(q.device), s_q * h_q, 1, d))
-        calls = {n: (lambda e: lambda: e.mla_decode(q, kc, tb, ln, dv, meta, splits, scale, True))(e) for n, e in exts.items()}
+        parts = scheduler.num_sm_parts(scheduler.device_num_sms(q.device), s_q * h_q, 1, d)
+        sched = {n: e.mla_metadata(ln, parts) for n, e in exts.items()}  # each variant's own schedule
+        calls = {n: (lambda e, m: lambda: e.mla_decode(q, kc, tb, ln, dv, *m, scale, True))(e, sched[n]) for n, e in exts.items()}
         ref = calls[names[0]]()[0].float()
         diff = {n: float((c()[0].float() - ref).abs().max()) for n, c in calls.items()}
         fns = {n: tool.graphed(c) for n, c in calls.items()}

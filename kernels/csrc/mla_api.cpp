@@ -114,6 +114,7 @@ std::vector<at::Tensor> mla_decode(const at::Tensor& q, const at::Tensor& k_cach
   p.rows = static_cast<int>(rows);
   p.num_parts = static_cast<int>(parts);
   p.bt_stride = static_cast<int>(block_table.stride(0));
+  p.bt_cols = static_cast<int>(block_table.size(1));
   p.causal = causal ? 1 : 0;
   p.q_bs = q.stride(0);
   p.q_ss = q.stride(1);

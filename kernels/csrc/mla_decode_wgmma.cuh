@@ -166,13 +166,22 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
   if (begin_req <= end_req) load_q(begin_req);  // a part past the batch's end has no work (begin_req == b)
 
   for (int req = begin_req; req <= end_req; ++req) {
+    const int first = req == begin_req ? begin_blk : 0;
+    const int* bt = p.block_table + static_cast<int64_t>(req) * p.bt_stride;
+    // The block-table entries of the prologue's pages (block first + w for buffer w) are read beside the length,
+    // not after it, so a request's first copies wait for one load instead of two (an entry past the request's
+    // pages, if the table has one, is read and not used): 0.4-2.5% on short-request batches (H200, session 21).
+    int first_page[NS];
+#pragma unroll
+    for (int set = 0; set < NS; ++set) {
+      const int blk = first + 2 * set + wg;
+      first_page[set] = blk < p.bt_cols ? bt[blk] : -1;
+    }
     const int len = p.seqlens[req];
     const int nblk = (len + kPage - 1) / kPage;
-    const int first = req == begin_req ? begin_blk : 0;
     const int last = req == end_req ? end_blk : nblk;
     const int n = last - first;
     const int split = req == begin_req ? begin_split : 0;
-    const int* bt = p.block_table + static_cast<int64_t>(req) * p.bt_stride;
 
 
     // Slabs [lo, hi) of cache page `page` into buffer w, one TMA copy per slab by one thread of the calling
@@ -249,7 +258,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
 #pragma unroll
     for (int set = 0; set < NS; ++set) {
       const int blk = first + 2 * set + wg;
-      if (2 * set < n) load_to(2 * set + wg, blk < last ? bt[blk] : -1, 0, SL);
+      if (2 * set < n) load_to(2 * set + wg, blk < last ? first_page[set] : -1, 0, SL);
     }
     cp_async_wait<0>();
     fence_proxy_async();

@@ -21,7 +21,7 @@ struct MlaParams {
   float* lse;             // [b, h_q, s_q]
   float* o_acc;           // [b + num_parts, h_kv, rows, d_v]
   float* lse_acc;         // [b + num_parts, h_kv, rows]
-  int b, s_q, h_q, h_kv, g, rows, num_parts, bt_stride, causal;
+  int b, s_q, h_q, h_kv, g, rows, num_parts, bt_stride, bt_cols, causal;  // bt_cols: block_table.size(1)
   int64_t q_bs, q_ss, q_hs;  // q strides (elements)
   int64_t k_bs, k_rs, k_hs;  // k_cache strides: page, token, head
   float scale_log2;          // softmax_scale * log2(e)
