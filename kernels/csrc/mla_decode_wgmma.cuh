@@ -170,7 +170,8 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
     const int* bt = p.block_table + static_cast<int64_t>(req) * p.bt_stride;
     // The block-table entries of the prologue's pages (block first + w for buffer w) are read beside the length,
     // not after it, so a request's first copies wait for one load instead of two (an entry past the request's
-    // pages, if the table has one, is read and not used): 0.4-2.5% on short-request batches (H200, session 21).
+    // pages, if the table has one, is read and not used). H200: 0.1-0.8% on the geometric mean after an L2 flush,
+    // up to 2.5% on short varlen batches, none back to back (results md, twenty-first session).
     int first_page[NS];
 #pragma unroll
     for (int set = 0; set < NS; ++set) {
