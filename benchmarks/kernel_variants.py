@@ -509,6 +509,112 @@ VARIANTS["meta_ahead"] = [
 # The scheduler's cost per request, in pages (FlashMLA's 5 in the tree): each variant schedules with its own.
 for cost in (2, 3):
     VARIANTS[f"overhead{cost}"] = [("limits.py", "FIXED_OVERHEAD = 5 ", f"FIXED_OVERHEAD = {cost} ")]
+# The exponentials pipelined into the P V product of the warpgroup's own page: one k16 step's P (16 keys) computed,
+# packed and its wgmma issued before the next step's exponentials, so the tensor cores start on the first 16 keys
+# while the MUFU works on the rest (the P V product waited for all 64 keys' exponentials). O is rescaled first (its
+# factor is known once the max is), and a last pair's V tails are zeroed before. Each step's S registers go through an
+# empty asm after the step before is issued, so the compiler keeps that order in PTX. `pipe_wg0` / `pipe_wg1` /
+# `pipe_both`: in warpgroup 0's page a, warpgroup 1's page b (whose P also goes to its P tile a step at a time), both.
+SOFTMAX_PV = """    // P = exp2(S * scale_log2 - m_use) a k16 step at a time, each step's P V product issued once its P is packed
+    // (and, with `store`, put in this warpgroup's P tile), so the products start while later exponentials run.
+    auto softmax_pv = [&](const float (&m_use)[2], float (&rowsum)[2], uint32_t (&a)[4][4], uint32_t dv, bool store) {
+      rowsum[0] = rowsum[1] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+        for (int t = 8 * kk; t < 8 * kk + 8; ++t) {
+          s[t] = exp2f(fmaf(s[t], p.scale_log2, -m_use[(t >> 1) & 1]));
+          rowsum[(t >> 1) & 1] += s[t];
+        }
+#pragma unroll
+        for (int r = 0; r < 4; ++r) a[kk][r] = Pack<T>::two(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+        if (store) stmatrix_x4(p_row + ((p_chunk ^ (2 * kk)) << 4), a[kk]);
+        wgmma_fence();
+        if (kk == 0) fence_regs(o);
+        WgmmaRS<T, NH, 1>::run(o, a[kk], gmma_desc(dv + ((kk * 16 * 128) >> 4)), 1);
+#pragma unroll
+        for (int t = 8 * kk + 8; t < 32; ++t) asm volatile("" : "+f"(s[t]));
+      }
+      wgmma_commit();
+      fence_regs(o);
+      if (store) fence_proxy_async();
+    };
+"""
+PIPE_WG0 = [(WG, "    // O and l times a factor per row;", SOFTMAX_PV + "    // O and l times a factor per row;"),
+            (WG, """        publish(kScale0, m_use);
+        softmax(m_use, rowsum);
+        scale_o(f0);
+        l[0] += rowsum[0];
+        l[1] += rowsum[1];
+        const float one[2] = {1.f, 1.f};
+        pack_p(a, one);
+        if constexpr (LAST) zero_tail(2 * cur, 0, blk_a);
+        pv_local(a, dv_half0);
+""", """        publish(kScale0, m_use);
+        scale_o(f0);
+        if constexpr (LAST) zero_tail(2 * cur, 0, blk_a);
+        softmax_pv(m_use, rowsum, a, dv_half0, false);
+        l[0] += rowsum[0];
+        l[1] += rowsum[1];
+""")]
+PIPE_WG1 = [(WG, """          publish(kScale1, m_use);
+          softmax(m_use, rowsum);
+        } else {""", """          publish(kScale1, m_use);
+        } else {"""),
+            (WG, """        scale_o(f);
+        l[0] += rowsum[0];
+        l[1] += rowsum[1];
+        if constexpr (B) {
+          const float one[2] = {1.f, 1.f};
+          pack_p(a, one);
+          store_p(a);
+          if constexpr (LAST) zero_tail(2 * cur + 1, 1, blk_b);
+        }
+        if constexpr (LAST) zero_tail(2 * cur, 1, blk_a);
+        if constexpr (B) pv_local(a, dv_half1);
+""", """        scale_o(f);
+        if constexpr (B && LAST) zero_tail(2 * cur + 1, 1, blk_b);
+        if constexpr (LAST) zero_tail(2 * cur, 1, blk_a);
+        if constexpr (B) softmax_pv(m_use, rowsum, a, dv_half1, true);
+        l[0] += rowsum[0];
+        l[1] += rowsum[1];
+""")]
+VARIANTS["pipe_wg0"] = PIPE_WG0
+VARIANTS["pipe_wg1"] = [PIPE_WG0[0]] + PIPE_WG1
+VARIANTS["pipe_both"] = PIPE_WG0 + PIPE_WG1
+# Warpgroup 0 hands P of page a (under page b's max) to warpgroup 1 without first waiting for its own P V of page a:
+# the rescaled P goes to 16 other registers, so the P V product still reading the first ones may run on; the wait
+# (and K0's V half refill, which needs it) comes after the hand-over. `pipe_p0_early`: with `pipe_both`.
+P0_EARLY = [(WG, """        wgmma_wait<0>();
+        fence_regs(o);
+        bar_wait(kScale1);  // warpgroup 1's max and the factor from page a's max to it
+        float f1[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          f1[e] = s_scale[64 + tr[e]];
+          m_run[e] = s_m[64 + tr[e]];
+        }
+        if constexpr (R) load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it
+        pack_p(a, f1);  // P of page a under page b's max, for warpgroup 1
+        store_p(a);
+        bar_arrive(kP0);
+""", """        bar_wait(kScale1);  // warpgroup 1's max and the factor from page a's max to it
+        float f1[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          f1[e] = s_scale[64 + tr[e]];
+          m_run[e] = s_m[64 + tr[e]];
+        }
+        uint32_t a1[4][4];
+        pack_p(a1, f1);  // P of page a under page b's max, for warpgroup 1
+        store_p(a1);
+        bar_arrive(kP0);
+        wgmma_wait<0>();
+        fence_regs(o);
+        if constexpr (R) load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it
+""")]
+VARIANTS["p0_early"] = P0_EARLY
+VARIANTS["pipe_p0_early"] = VARIANTS["pipe_both"] + P0_EARLY
 FM_FILE = "sm90/decode/dense/splitkv_mla.cuh"
 FM_VARIANTS: dict[str, list[tuple[str, str, str]]] = {  # the same ablations in FlashMLA's dense decode (every occurrence)
     "fm": [],
