@@ -582,77 +582,39 @@ PIPE_WG1 = [(WG, """          publish(kScale1, m_use);
 VARIANTS["pipe_wg0"] = PIPE_WG0
 VARIANTS["pipe_wg1"] = [PIPE_WG0[0]] + PIPE_WG1
 VARIANTS["pipe_both"] = PIPE_WG0 + PIPE_WG1
+# Warpgroup 0 from its wait for the P V product of page a to handing P of page a over, as the kernel has it, in
+# pieces that the variants below put in other orders.
+WG0_WAIT = "        wgmma_wait<0>();\n        fence_regs(o);\n"
+WG0_F1 = """        bar_wait(kScale1);  // warpgroup 1's max and the factor from page a's max to it
+        float f1[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          f1[e] = s_scale[64 + tr[e]];
+          m_run[e] = s_m[64 + tr[e]];
+        }
+"""
+WG0_REFILL_K0 = "        if constexpr (R) load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it\n"
+WG0_REPACK = "        pack_p(a, f1);  // P of page a under page b's max, for warpgroup 1\n"
+WG0_HANDOVER = WG0_WAIT + WG0_F1 + WG0_REFILL_K0 + P0_HANDOVER
 # Warpgroup 0 hands P of page a (under page b's max) to warpgroup 1 without first waiting for its own P V of page a:
 # the rescaled P goes to 16 other registers, so the P V product still reading the first ones may run on; the wait
 # (and K0's V half refill, which needs it) comes after the hand-over. `pipe_p0_early`: with `pipe_both`.
-P0_EARLY = [(WG, """        wgmma_wait<0>();
-        fence_regs(o);
-        bar_wait(kScale1);  // warpgroup 1's max and the factor from page a's max to it
-        float f1[2];
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          f1[e] = s_scale[64 + tr[e]];
-          m_run[e] = s_m[64 + tr[e]];
-        }
-        if constexpr (R) load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it
-        pack_p(a, f1);  // P of page a under page b's max, for warpgroup 1
-        store_p(a);
-        bar_arrive(kP0);
-""", """        bar_wait(kScale1);  // warpgroup 1's max and the factor from page a's max to it
-        float f1[2];
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          f1[e] = s_scale[64 + tr[e]];
-          m_run[e] = s_m[64 + tr[e]];
-        }
-        uint32_t a1[4][4];
+P0_EARLY = [(WG, WG0_HANDOVER, WG0_F1 + """        uint32_t a1[4][4];
         pack_p(a1, f1);  // P of page a under page b's max, for warpgroup 1
         store_p(a1);
         bar_arrive(kP0);
-        wgmma_wait<0>();
-        fence_regs(o);
-        if constexpr (R) load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it
-""")]
+""" + WG0_WAIT + WG0_REFILL_K0)]
 VARIANTS["p0_early"] = P0_EARLY
 VARIANTS["pipe_p0_early"] = VARIANTS["pipe_both"] + P0_EARLY
 # Warpgroup 0 repacks P of page a under page b's max only where a row max of the warp moved: otherwise its registers
 # already hold that P bit for bit (packed times 1), so 32 multiplies and 16 packs leave the path to warpgroup 1's P V
 # of page a. `repack_skip_early`: such a warp also hands P over before waiting for its own P V (nothing it writes is
 # read by that product), and the K0 refill follows the hand-over.
-REPACK_SKIP = [(WG, "        pack_p(a, f1);  // P of page a under page b's max, for warpgroup 1\n",
-                "        if (__any_sync(0xffffffff, f1[0] != 1.f || f1[1] != 1.f)) pack_p(a, f1);\n")]
-VARIANTS["repack_skip"] = REPACK_SKIP
-VARIANTS["repack_skip_early"] = [(WG, """        wgmma_wait<0>();
-        fence_regs(o);
-        bar_wait(kScale1);  // warpgroup 1's max and the factor from page a's max to it
-        float f1[2];
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          f1[e] = s_scale[64 + tr[e]];
-          m_run[e] = s_m[64 + tr[e]];
-        }
-        if constexpr (R) load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it
-        pack_p(a, f1);  // P of page a under page b's max, for warpgroup 1
-        store_p(a);
-        bar_arrive(kP0);
-""", """        bar_wait(kScale1);  // warpgroup 1's max and the factor from page a's max to it
-        float f1[2];
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          f1[e] = s_scale[64 + tr[e]];
-          m_run[e] = s_m[64 + tr[e]];
-        }
-        if (__any_sync(0xffffffff, f1[0] != 1.f || f1[1] != 1.f)) {
-          wgmma_wait<0>();
-          fence_regs(o);
-          pack_p(a, f1);
-        }
-        store_p(a);
-        bar_arrive(kP0);
-        wgmma_wait<0>();
-        fence_regs(o);
-        if constexpr (R) load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it
-""")]
+MOVED = "__any_sync(0xffffffff, f1[0] != 1.f || f1[1] != 1.f)"
+VARIANTS["repack_skip"] = [(WG, WG0_REPACK, f"        if ({MOVED}) pack_p(a, f1);\n")]
+VARIANTS["repack_skip_early"] = [(WG, WG0_HANDOVER, WG0_F1 + f"        if ({MOVED}) {{\n" + WG0_WAIT.replace("        ", "          ")
+                                  + "          pack_p(a, f1);\n        }\n        store_p(a);\n        bar_arrive(kP0);\n"
+                                  + WG0_WAIT + WG0_REFILL_K0)]
 FM_FILE = "sm90/decode/dense/splitkv_mla.cuh"
 FM_VARIANTS: dict[str, list[tuple[str, str, str]]] = {  # the same ablations in FlashMLA's dense decode (every occurrence)
     "fm": [],
