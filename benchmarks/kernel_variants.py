@@ -593,9 +593,8 @@ WG0_F1 = """        bar_wait(kScale1);  // warpgroup 1's max and the factor from
           m_run[e] = s_m[64 + tr[e]];
         }
 """
-WG0_REFILL_K0 = "        if constexpr (R) load_to(2 * cur, next_a, 0, VS);  // K0's V half 0: only this warpgroup read it\n"
 WG0_REPACK = "        pack_p(a, f1);  // P of page a under page b's max, for warpgroup 1\n"
-WG0_HANDOVER = WG0_WAIT + WG0_F1 + WG0_REFILL_K0 + P0_HANDOVER
+WG0_HANDOVER = WG0_WAIT + WG0_F1 + REFILL_K0_FIRST + P0_HANDOVER
 # Warpgroup 0 hands P of page a (under page b's max) to warpgroup 1 without first waiting for its own P V of page a:
 # the rescaled P goes to 16 other registers, so the P V product still reading the first ones may run on; the wait
 # (and K0's V half refill, which needs it) comes after the hand-over. `pipe_p0_early`: with `pipe_both`.
@@ -603,7 +602,7 @@ P0_EARLY = [(WG, WG0_HANDOVER, WG0_F1 + """        uint32_t a1[4][4];
         pack_p(a1, f1);  // P of page a under page b's max, for warpgroup 1
         store_p(a1);
         bar_arrive(kP0);
-""" + WG0_WAIT + WG0_REFILL_K0)]
+""" + WG0_WAIT + REFILL_K0_FIRST)]
 VARIANTS["p0_early"] = P0_EARLY
 VARIANTS["pipe_p0_early"] = VARIANTS["pipe_both"] + P0_EARLY
 # Warpgroup 0 repacks P of page a under page b's max only where a row max of the warp moved: otherwise its registers
@@ -614,7 +613,7 @@ MOVED = "__any_sync(0xffffffff, f1[0] != 1.f || f1[1] != 1.f)"
 VARIANTS["repack_skip"] = [(WG, WG0_REPACK, f"        if ({MOVED}) pack_p(a, f1);\n")]
 VARIANTS["repack_skip_early"] = [(WG, WG0_HANDOVER, WG0_F1 + f"        if ({MOVED}) {{\n" + WG0_WAIT.replace("        ", "          ")
                                   + "          pack_p(a, f1);\n        }\n        store_p(a);\n        bar_arrive(kP0);\n"
-                                  + WG0_WAIT + WG0_REFILL_K0)]
+                                  + WG0_WAIT + REFILL_K0_FIRST)]
 FM_FILE = "sm90/decode/dense/splitkv_mla.cuh"
 FM_VARIANTS: dict[str, list[tuple[str, str, str]]] = {  # the same ablations in FlashMLA's dense decode (every occurrence)
     "fm": [],
