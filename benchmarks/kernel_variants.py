@@ -614,6 +614,58 @@ VARIANTS["repack_skip"] = [(WG, WG0_REPACK, f"        if ({MOVED}) pack_p(a, f1)
 VARIANTS["repack_skip_early"] = [(WG, WG0_HANDOVER, WG0_F1 + f"        if ({MOVED}) {{\n" + WG0_WAIT.replace("        ", "          ")
                                   + "          pack_p(a, f1);\n        }\n        store_p(a);\n        bar_arrive(kP0);\n"
                                   + WG0_WAIT + REFILL_K0_FIRST)]
+# Where two or more row tiles read each page (the compute-bound cases), the pages `ahead` pairs past this one asked of
+# L2 by warpgroup 1's 128 threads while it waits for warpgroup 0's max (`prefetch.global.L2`, one per `step` bytes, the
+# lines split between the row tiles), so their copies come from L2: the fourteenth session's "pages from L2" ablation
+# gave both kernels 8%. The TMA prefetches tried there before (fourteenth, seventeenth, eighteenth sessions) lost
+# 4-8%; one reading was that their line requests queue on the SM's TMA unit in front of the copies, which these do
+# not use. `bulk_pf1`: the same pages by one bulk TMA prefetch each (row tile 0, one thread), to test that reading.
+WG1_MAX_WAIT = "        if constexpr (B) mask_rowmax(blk_b, mx, LAST || p.causal);\n        bar_wait(kScale0);"
+
+
+def pair_prefetch(ahead: int, step: int = 128, bulk: bool = False) -> list[tuple[str, str, str]]:
+    """Edits: warpgroup 1 asks L2 for the pages `ahead` pairs on, in parts with two or more row tiles."""
+    pages = f"""
+      int pf_page[2] = {{-1, -1}};  // the pages {ahead} pair(s) on, asked of L2 by warpgroup 1 where two row tiles read them
+      if constexpr (W == 1) {{
+        if (gridDim.x > 1) {{
+#pragma unroll
+          for (int j = 0; j < 2; ++j)
+            if (blk_a + 2 * {ahead} + j < last) pf_page[j] = bt[blk_a + 2 * {ahead} + j];
+        }}
+      }}"""
+    if bulk:
+        ask = """        if (mt == 0 && wt == 0 && p.k_rs == DQK) {
+#pragma unroll
+          for (int j = 0; j < 2; ++j)
+            if (pf_page[j] >= 0) l2_prefetch(static_cast<const T*>(p.k) + static_cast<int64_t>(pf_page[j]) * p.k_bs + h * p.k_hs, TL::kTileBytes);
+        }
+"""
+    else:
+        ask = f"""        if (gridDim.x > 1) {{
+          constexpr int kPieces = DQK * sizeof(T) / {step};  // pieces of one token's row
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {{
+            if (pf_page[j] < 0) continue;
+            const T* pg = static_cast<const T*>(p.k) + static_cast<int64_t>(pf_page[j]) * p.k_bs + h * p.k_hs;
+            for (int i = wt * gridDim.x + mt; i < kPage * kPieces; i += 128 * gridDim.x) {{
+              const T* line = pg + (i / kPieces) * p.k_rs + (i % kPieces) * ({step} / sizeof(T));
+              asm volatile("prefetch.global.L2 [%0];\\n" ::"l"(line));
+            }}
+          }}
+        }}
+"""
+    edits = [(WG, NEXT_PAGES, NEXT_PAGES + pages),
+             (WG, WG1_MAX_WAIT, WG1_MAX_WAIT.replace("        bar_wait(kScale0);", ask + "        bar_wait(kScale0);"))]
+    return ([WITH_L2_PREFETCH] if bulk else []) + edits
+
+
+VARIANTS["lsu_pf1"] = pair_prefetch(1)
+VARIANTS["lsu_pf2"] = pair_prefetch(2)
+VARIANTS["lsu_pf1_32"] = pair_prefetch(1, step=32)
+VARIANTS["bulk_pf1"] = pair_prefetch(1, bulk=True)
+# The same with the prefetched lines kept in L2 until used (evict_last), in case the copies' evict-first lines push them out.
+VARIANTS["lsu_pf1_el"] = [(f, a, b.replace("prefetch.global.L2 [", "prefetch.global.L2::evict_last [")) for f, a, b in pair_prefetch(1)]
 FM_FILE = "sm90/decode/dense/splitkv_mla.cuh"
 FM_VARIANTS: dict[str, list[tuple[str, str, str]]] = {  # the same ablations in FlashMLA's dense decode (every occurrence)
     "fm": [],
