@@ -666,6 +666,12 @@ VARIANTS["lsu_pf1_32"] = pair_prefetch(1, step=32)
 VARIANTS["bulk_pf1"] = pair_prefetch(1, bulk=True)
 # The same with the prefetched lines kept in L2 until used (evict_last), in case the copies' evict-first lines push them out.
 VARIANTS["lsu_pf1_el"] = [(f, a, b.replace("prefetch.global.L2 [", "prefetch.global.L2::evict_last [")) for f, a, b in pair_prefetch(1)]
+# Ablations (wrong outputs): where two row tiles read each page, each tile copies only the slabs of its parity (the
+# others' barriers complete without a copy), so the SMs read half as much from L2 and DRAM reads stay: the most a 2-CTA
+# multicast of the page copies could give, without its agreement between the CTAs (the eleventh session's ablation,
+# on the kernel of then). `refill_hot` above keeps every copy but reads no DRAM after the first pages.
+VARIANTS["half_copies"] = [(WG, "        if (page >= 0) {\n          mbar_expect(bar_of(w, sl), SB);",
+                            "        if (page >= 0 && (gridDim.x == 1 || (sl & 1) == (mt & 1))) {\n          mbar_expect(bar_of(w, sl), SB);")]
 FM_FILE = "sm90/decode/dense/splitkv_mla.cuh"
 FM_VARIANTS: dict[str, list[tuple[str, str, str]]] = {  # the same ablations in FlashMLA's dense decode (every occurrence)
     "fm": [],
