@@ -672,6 +672,95 @@ VARIANTS["lsu_pf1_el"] = [(f, a, b.replace("prefetch.global.L2 [", "prefetch.glo
 # on the kernel of then). `refill_hot` above keeps every copy but reads no DRAM after the first pages.
 VARIANTS["half_copies"] = [(WG, "        if (page >= 0) {\n          mbar_expect(bar_of(w, sl), SB);",
                             "        if (page >= 0 && (gridDim.x == 1 || (sl & 1) == (mt & 1))) {\n          mbar_expect(bar_of(w, sl), SB);")]
+# The two row tiles of a part as a 2-CTA cluster that shares each page copy (TMA multicast into both CTAs), where
+# a part has an even number of tiles. The seventeenth session's version made every refill wait until both CTAs had
+# freed the buffer (about 470 cycles a pair, 6-9% slower). Here nobody waits: each CTA arms its own barriers, then
+# counts the refill in CTA 0's shared memory (an atomic add through the cluster); the CTA that frees the buffer
+# first goes on, the one that frees it second copies the page into both. `half_copies`' 1.6-2.7% is its ceiling.
+CLUSTER_HELPERS = r"""// The number of CTAs in this CTA's cluster (1 when launched without clusters).
+__device__ __forceinline__ uint32_t cluster_ctas() {
+  uint32_t n;
+  asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(n));
+  return n;
+}
+__device__ __forceinline__ void cluster_sync_all() {
+  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+}
+// Adds 1 to the counter at this CTA's shared address `addr`, in CTA 0 of the cluster, and returns its old value.
+__device__ __forceinline__ uint32_t cluster_count0(uint32_t addr) {
+  uint32_t remote, old;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, 0;\n" : "=r"(remote) : "r"(addr));
+  asm volatile("atom.shared::cluster.add.u32 %0, [%1], 1;\n" : "=r"(old) : "r"(remote) : "memory");
+  return old;
+}
+// tma_slab into the same place of both CTAs of the cluster, completing each one's own barrier.
+__device__ __forceinline__ void tma_slab_both(uint32_t dst, const CUtensorMap* map, uint32_t bar, int col, int head, int page) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster.L2::cache_hint [%0], [%1, {%3, %4, %5, %6}], [%2], %7, %8;\n"
+      ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(col), "r"(0), "r"(head), "r"(page), "h"(static_cast<uint16_t>(3)),
+      "l"(0x12F0000000000000ull) : "memory");
+}
+"""
+VARIANTS["mc_pair"] = [
+    (WG, HELPERS_AT, CLUSTER_HELPERS + HELPERS_AT),
+    (WG, "+ bufs * kSlabs * 8; }", "+ bufs * kSlabs * 8 + bufs * 8; }"),
+    (WG, """    asm volatile("fence.mbarrier_init.release.cluster;\\n" ::: "memory");
+  }
+  __syncthreads();
+""", """    for (int i = 0; i < 2 * TL::kBufs; ++i) *reinterpret_cast<uint32_t*>(smem + (counters - base) + 4 * i) = 0;
+    asm volatile("fence.mbarrier_init.release.cluster;\\n" ::: "memory");
+  }
+  __syncthreads();
+  if (pair_ctas) cluster_sync_all();  // the other CTA's barriers and CTA 0's counters are ready
+"""),
+    (WG, "  if (tid == 0) {\n    for (int i = 0; i < TL::kBufs * SL; ++i) mbar_init(bars + i * 8);",
+     "  const uint32_t counters = bars + TL::kBufs * SL * 8;  // refills of each buffer half, counted in CTA 0 of a cluster\n"
+     "  const bool pair_ctas = cluster_ctas() == 2;\n"
+     "  if (tid == 0) {\n    for (int i = 0; i < TL::kBufs * SL; ++i) mbar_init(bars + i * 8);"),
+    (WG, """      if (wt != 0) return;
+      for (int sl = lo; sl < hi; ++sl) {
+        if (page >= 0) {
+          mbar_expect(bar_of(w, sl), SB);
+          tma_slab(k_addr(w) + sl * SB, &p.k_map, bar_of(w, sl), sl * 64, h, page);
+        } else {
+          mbar_arrive(bar_of(w, sl));
+        }
+      }
+""", """      if (wt != 0) return;
+      if (page < 0) {
+        for (int sl = lo; sl < hi; ++sl) mbar_arrive(bar_of(w, sl));
+        return;
+      }
+      for (int sl = lo; sl < hi; ++sl) mbar_expect(bar_of(w, sl), SB);
+      if (pair_ctas) {
+        if ((cluster_count0(counters + (2 * w + (lo != 0)) * 4) & 1) == 0) return;  // the other CTA copies it for both
+        for (int sl = lo; sl < hi; ++sl) tma_slab_both(k_addr(w) + sl * SB, &p.k_map, bar_of(w, sl), sl * 64, h, page);
+      } else {
+        for (int sl = lo; sl < hi; ++sl) tma_slab(k_addr(w) + sl * SB, &p.k_map, bar_of(w, sl), sl * 64, h, page);
+      }
+"""),
+    (WG, "    __syncthreads();  // the page buffers, P and the sums are reused by the next request of this part\n  }\n}\n",
+     "    __syncthreads();  // the page buffers, P and the sums are reused by the next request of this part\n  }\n"
+     "  if (pair_ctas) cluster_sync_all();  // the other CTA may still count in CTA 0's shared memory\n}\n"),
+    (WG, "  kernel<<<grid, TL::kThreads, TL::kSmem, stream>>>(p);\n", """  if (grid.x % 2 == 0) {  // the two row tiles of a part as a cluster that shares each page copy
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(TL::kThreads);
+    cfg.dynamicSmemBytes = TL::kSmem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 2;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    cudaLaunchKernelEx(&cfg, kernel, p);
+  } else {
+    kernel<<<grid, TL::kThreads, TL::kSmem, stream>>>(p);
+  }
+"""),
+]
 FM_FILE = "sm90/decode/dense/splitkv_mla.cuh"
 FM_VARIANTS: dict[str, list[tuple[str, str, str]]] = {  # the same ablations in FlashMLA's dense decode (every occurrence)
     "fm": [],
