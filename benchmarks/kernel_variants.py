@@ -761,6 +761,15 @@ VARIANTS["mc_pair"] = [
   }
 """),
 ]
+# `mc_pair`'s clusters and counting with every CTA copying its own pages (no multicast, no CTA waiting on the other's
+# copies; the copying thread still waits for the count): what the count's round trip alone costs.
+VARIANTS["mc_count_only"] = [e if "cluster_count0(counters" not in e[2] else (e[0], e[1], e[2].replace(
+    "        if ((cluster_count0(counters + (2 * w + (lo != 0)) * 4) & 1) == 0) return;  // the other CTA copies it for both\n"
+    "        for (int sl = lo; sl < hi; ++sl) tma_slab_both(",
+    "        if (cluster_count0(counters + (2 * w + (lo != 0)) * 4) == 0xFFFFFFFFu) return;  // never: waits for the count\n"
+    "        for (int sl = lo; sl < hi; ++sl) tma_slab(")) for e in VARIANTS["mc_pair"]]
+# And the clusters alone (launch, counters' init, cluster barriers), every copy as in the tree's kernel.
+VARIANTS["mc_launch_only"] = [e for e in VARIANTS["mc_pair"] if "cluster_count0(counters" not in e[2]]
 FM_FILE = "sm90/decode/dense/splitkv_mla.cuh"
 FM_VARIANTS: dict[str, list[tuple[str, str, str]]] = {  # the same ablations in FlashMLA's dense decode (every occurrence)
     "fm": [],
