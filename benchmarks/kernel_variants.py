@@ -623,8 +623,9 @@ VARIANTS["repack_skip_early"] = [(WG, WG0_HANDOVER, WG0_F1 + f"        if ({MOVE
 WG1_MAX_WAIT = "        if constexpr (B) mask_rowmax(blk_b, mx, LAST || p.causal);\n        bar_wait(kScale0);"
 
 
-def pair_prefetch(ahead: int, step: int = 128, bulk: bool = False) -> list[tuple[str, str, str]]:
-    """Edits: warpgroup 1 asks L2 for the pages `ahead` pairs on, in parts with two or more row tiles."""
+def pair_prefetch(ahead: int, step: int = 128, bulk: bool = False, hint: str = "") -> list[tuple[str, str, str]]:
+    """Edits: warpgroup 1 asks L2 for the pages `ahead` pairs on, in parts with two or more row tiles (`hint`: an
+    eviction priority for the LSU prefetches, e.g. "::evict_last")."""
     pages = f"""
       int pf_page[2] = {{-1, -1}};  // the pages {ahead} pair(s) on, asked of L2 by warpgroup 1 where two row tiles read them
       if constexpr (W == 1) {{
@@ -650,7 +651,7 @@ def pair_prefetch(ahead: int, step: int = 128, bulk: bool = False) -> list[tuple
             const T* pg = static_cast<const T*>(p.k) + static_cast<int64_t>(pf_page[j]) * p.k_bs + h * p.k_hs;
             for (int i = wt * gridDim.x + mt; i < kPage * kPieces; i += 128 * gridDim.x) {{
               const T* line = pg + (i / kPieces) * p.k_rs + (i % kPieces) * ({step} / sizeof(T));
-              asm volatile("prefetch.global.L2 [%0];\\n" ::"l"(line));
+              asm volatile("prefetch.global.L2{hint} [%0];\\n" ::"l"(line));
             }}
           }}
         }}
@@ -665,7 +666,7 @@ VARIANTS["lsu_pf2"] = pair_prefetch(2)
 VARIANTS["lsu_pf1_32"] = pair_prefetch(1, step=32)
 VARIANTS["bulk_pf1"] = pair_prefetch(1, bulk=True)
 # The same with the prefetched lines kept in L2 until used (evict_last), in case the copies' evict-first lines push them out.
-VARIANTS["lsu_pf1_el"] = [(f, a, b.replace("prefetch.global.L2 [", "prefetch.global.L2::evict_last [")) for f, a, b in pair_prefetch(1)]
+VARIANTS["lsu_pf1_el"] = pair_prefetch(1, hint="::evict_last")
 # Ablations (wrong outputs): where two row tiles read each page, each tile copies only the slabs of its parity (the
 # others' barriers complete without a copy), so the SMs read half as much from L2 and DRAM reads stay: the most a 2-CTA
 # multicast of the page copies could give, without its agreement between the CTAs (the eleventh session's ablation,
@@ -701,7 +702,7 @@ __device__ __forceinline__ void tma_slab_both(uint32_t dst, const CUtensorMap* m
       "l"(0x12F0000000000000ull) : "memory");
 }
 """
-VARIANTS["mc_pair"] = [
+MC_CLUSTERS = [  # the clusters: launch, counters, cluster barriers
     (WG, HELPERS_AT, CLUSTER_HELPERS + HELPERS_AT),
     (WG, "+ bufs * kSlabs * 8; }", "+ bufs * kSlabs * 8 + bufs * 8; }"),
     (WG, """    asm volatile("fence.mbarrier_init.release.cluster;\\n" ::: "memory");
@@ -717,28 +718,6 @@ VARIANTS["mc_pair"] = [
      "  const uint32_t counters = bars + TL::kBufs * SL * 8;  // refills of each buffer half, counted in CTA 0 of a cluster\n"
      "  const bool pair_ctas = cluster_ctas() == 2;\n"
      "  if (tid == 0) {\n    for (int i = 0; i < TL::kBufs * SL; ++i) mbar_init(bars + i * 8);"),
-    (WG, """      if (wt != 0) return;
-      for (int sl = lo; sl < hi; ++sl) {
-        if (page >= 0) {
-          mbar_expect(bar_of(w, sl), SB);
-          tma_slab(k_addr(w) + sl * SB, &p.k_map, bar_of(w, sl), sl * 64, h, page);
-        } else {
-          mbar_arrive(bar_of(w, sl));
-        }
-      }
-""", """      if (wt != 0) return;
-      if (page < 0) {
-        for (int sl = lo; sl < hi; ++sl) mbar_arrive(bar_of(w, sl));
-        return;
-      }
-      for (int sl = lo; sl < hi; ++sl) mbar_expect(bar_of(w, sl), SB);
-      if (pair_ctas) {
-        if ((cluster_count0(counters + (2 * w + (lo != 0)) * 4) & 1) == 0) return;  // the other CTA copies it for both
-        for (int sl = lo; sl < hi; ++sl) tma_slab_both(k_addr(w) + sl * SB, &p.k_map, bar_of(w, sl), sl * 64, h, page);
-      } else {
-        for (int sl = lo; sl < hi; ++sl) tma_slab(k_addr(w) + sl * SB, &p.k_map, bar_of(w, sl), sl * 64, h, page);
-      }
-"""),
     (WG, "    __syncthreads();  // the page buffers, P and the sums are reused by the next request of this part\n  }\n}\n",
      "    __syncthreads();  // the page buffers, P and the sums are reused by the next request of this part\n  }\n"
      "  if (pair_ctas) cluster_sync_all();  // the other CTA may still count in CTA 0's shared memory\n}\n"),
@@ -761,15 +740,45 @@ VARIANTS["mc_pair"] = [
   }
 """),
 ]
+LOAD_TO_LOOP = """      if (wt != 0) return;
+      for (int sl = lo; sl < hi; ++sl) {
+        if (page >= 0) {
+          mbar_expect(bar_of(w, sl), SB);
+          tma_slab(k_addr(w) + sl * SB, &p.k_map, bar_of(w, sl), sl * 64, h, page);
+        } else {
+          mbar_arrive(bar_of(w, sl));
+        }
+      }
+"""  # the kernel's copy loop in load_to
+COUNTED_LOAD_TO = """      if (wt != 0) return;
+      if (page < 0) {
+        for (int sl = lo; sl < hi; ++sl) mbar_arrive(bar_of(w, sl));
+        return;
+      }
+      for (int sl = lo; sl < hi; ++sl) mbar_expect(bar_of(w, sl), SB);
+      if (pair_ctas) {
+@FIRST@        for (int sl = lo; sl < hi; ++sl) @COPY@(k_addr(w) + sl * SB, &p.k_map, bar_of(w, sl), sl * 64, h, page);
+      } else {
+        for (int sl = lo; sl < hi; ++sl) tma_slab(k_addr(w) + sl * SB, &p.k_map, bar_of(w, sl), sl * 64, h, page);
+      }
+"""
+
+
+def counted_load_to(first: str, copy: str) -> tuple[str, str, str]:
+    """Edit: load_to in a cluster counts each refill; `first` (a line) decides when this CTA leaves the copy to the
+    other one, `copy` is the copy function used otherwise."""
+    return (WG, LOAD_TO_LOOP, COUNTED_LOAD_TO.replace("@FIRST@", first).replace("@COPY@", copy))
+
+
+COUNT = "cluster_count0(counters + (2 * w + (lo != 0)) * 4)"
+VARIANTS["mc_pair"] = MC_CLUSTERS + [counted_load_to(f"        if (({COUNT} & 1) == 0) return;  // the other CTA copies it for both\n",
+                                                     "tma_slab_both")]
 # `mc_pair`'s clusters and counting with every CTA copying its own pages (no multicast, no CTA waiting on the other's
 # copies; the copying thread still waits for the count): what the count's round trip alone costs.
-VARIANTS["mc_count_only"] = [e if "cluster_count0(counters" not in e[2] else (e[0], e[1], e[2].replace(
-    "        if ((cluster_count0(counters + (2 * w + (lo != 0)) * 4) & 1) == 0) return;  // the other CTA copies it for both\n"
-    "        for (int sl = lo; sl < hi; ++sl) tma_slab_both(",
-    "        if (cluster_count0(counters + (2 * w + (lo != 0)) * 4) == 0xFFFFFFFFu) return;  // never: waits for the count\n"
-    "        for (int sl = lo; sl < hi; ++sl) tma_slab(")) for e in VARIANTS["mc_pair"]]
+VARIANTS["mc_count_only"] = MC_CLUSTERS + [counted_load_to(f"        if ({COUNT} == 0xFFFFFFFFu) return;  // never: waits for the count\n",
+                                                           "tma_slab")]
 # And the clusters alone (launch, counters' init, cluster barriers), every copy as in the tree's kernel.
-VARIANTS["mc_launch_only"] = [e for e in VARIANTS["mc_pair"] if "cluster_count0(counters" not in e[2]]
+VARIANTS["mc_launch_only"] = MC_CLUSTERS
 FM_FILE = "sm90/decode/dense/splitkv_mla.cuh"
 FM_VARIANTS: dict[str, list[tuple[str, str, str]]] = {  # the same ablations in FlashMLA's dense decode (every occurrence)
     "fm": [],
