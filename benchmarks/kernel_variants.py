@@ -614,16 +614,10 @@ VARIANTS["repack_skip"] = [(WG, WG0_REPACK, f"        if ({MOVED}) pack_p(a, f1)
 VARIANTS["repack_skip_early"] = [(WG, WG0_HANDOVER, WG0_F1 + f"        if ({MOVED}) {{\n" + WG0_WAIT.replace("        ", "          ")
                                   + "          pack_p(a, f1);\n        }\n        store_p(a);\n        bar_arrive(kP0);\n"
                                   + WG0_WAIT + REFILL_K0_FIRST)]
-# The running max of a row moves only when a page's max passes it by more than 8 (log2 units, so P <= 256, exact in
-# bf16 and fp16 up to their rounding), as FlashAttention-4's conditional rescaling does: after a row's first pages the
-# factors are exactly 1, so O's rescale (skipped where no row max of the warp moved, which in the record's data is
-# still most pages: a warp's 16 row maxima move at page k with odds about 16 / k) is almost never taken. The output
-# changes only by rounding (P, l and O all use the same stale max). `lazy_max_repack`: with `repack_skip`, whose
-# condition then holds almost always.
-LAZY_MAX = [(WG, "        const float m_new = fmaxf(m_run[e], mx[e]);\n",
-             "        const float m_new = mx[e] > m_run[e] + 8.f ? mx[e] : m_run[e];\n")]
-VARIANTS["lazy_max"] = LAZY_MAX
-VARIANTS["lazy_max_repack"] = LAZY_MAX + VARIANTS["repack_skip"]
+# The kernel before the running max got its slack (kMaxSlack): the max moves on every new maximum, so a warp rescales
+# O on most pages. The twenty-fifth session's before/after.
+VARIANTS["eager_max"] = [(WG, "        const float m_new = mx[e] > m_run[e] + kMaxSlack ? mx[e] : m_run[e];\n",
+                          "        const float m_new = fmaxf(m_run[e], mx[e]);\n")]
 # Where two or more row tiles read each page (the compute-bound cases), the pages `ahead` pairs past this one asked of
 # L2 by warpgroup 1's 128 threads while it waits for warpgroup 0's max (`prefetch.global.L2`, one per `step` bytes, the
 # lines split between the row tiles), so their copies come from L2: the fourteenth session's "pages from L2" ablation

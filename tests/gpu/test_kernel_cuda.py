@@ -85,6 +85,33 @@ def test_all_dims(d_qk, d_v, dtype, b, s_q, h_q, s_k, hint):
     _compare(case, d_v, causal=True, hint=hint)
 
 
+# Steps of a request's page maxima, in log2 units of the softmax: below, at and far past the wgmma kernel's max slack
+# (kMaxSlack = 8), and down, so the running max stays put with P up to 256 on some pages and moves on others.
+MAX_STEPS = torch.tensor([-6.0, 0.0, 3.0, 7.9, 8.1, 12.0, 20.0])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("d_qk,d_v,h_q", [(576, 512, 128), (576, 512, 32), (576, 512, 16), (320, 256, 9)])
+def test_page_maxima_far_and_near_past_the_running_max(dtype, d_qk, d_v, h_q):
+    """Scores whose page maxima jump by random steps (and rise within each page), unlike the small random scores
+    elsewhere, under which a row's running max settles on its first pages."""
+    seed = d_qk + h_q
+    gen = torch.Generator().manual_seed(seed)
+    case = make_case(_lens(6, 1500, True, gen), 2, h_q, 1, d_qk, dtype, "cuda", seed=seed)
+    q0 = 4.0
+    case.q[..., 0] = q0
+    per_unit = d_qk**0.5 / (q0 * 1.4426950408889634)  # k[..., 0] per log2 unit of the score
+    table = case.block_table.cpu()
+    within = torch.arange(64) / 64 * 6.0  # a rise of 6 log2 units across a page
+    for i, n in enumerate(case.cache_seqlens.tolist()):
+        steps = MAX_STEPS[torch.randint(0, len(MAX_STEPS), ((n + 63) // 64,), generator=gen)]
+        for j, level in enumerate(torch.cumsum(steps, 0).tolist()):
+            valid = min(64, n - 64 * j)  # the page's tail stays NaN
+            case.k_cache[int(table[i, j]), :valid, :, 0] = ((level + within[:valid]) * per_unit).to(dtype)[:, None].cuda()
+    _compare(case, d_v, causal=True)
+    _compare(case, d_v, causal=False)
+
+
 @pytest.mark.parametrize("h_q", [16, 128])
 def test_zero_length_and_empty_causal_rows(h_q):
     seed = 5
