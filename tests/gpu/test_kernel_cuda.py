@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
 
-from mlabatch.kernels import flash_mla_with_kvcache, get_mla_metadata
+from mlabatch.kernels import PAGE_SIZE, flash_mla_with_kvcache, get_mla_metadata
 from mlabatch.kernels.build import load_extension
 from mlabatch.kernels.scheduler import num_sm_parts, schedule
 from mlabatch.kernels.validate import SUPPORTED_DIMS
@@ -100,14 +101,14 @@ def test_page_maxima_far_and_near_past_the_running_max(dtype, d_qk, d_v, h_q):
     case = make_case(_lens(6, 1500, True, gen), 2, h_q, 1, d_qk, dtype, "cuda", seed=seed)
     q0 = 4.0
     case.q[..., 0] = q0
-    per_unit = d_qk**0.5 / (q0 * 1.4426950408889634)  # k[..., 0] per log2 unit of the score
+    per_unit = d_qk**0.5 / (q0 * math.log2(math.e))  # k[..., 0] per log2 unit of the score
     table = case.block_table.cpu()
-    within = torch.arange(64) / 64 * 6.0  # a rise of 6 log2 units across a page
+    within = torch.arange(PAGE_SIZE) / PAGE_SIZE * 6.0  # a rise of 6 log2 units across a page
     for i, n in enumerate(case.cache_seqlens.tolist()):
-        steps = MAX_STEPS[torch.randint(0, len(MAX_STEPS), ((n + 63) // 64,), generator=gen)]
+        steps = MAX_STEPS[torch.randint(0, len(MAX_STEPS), ((n + PAGE_SIZE - 1) // PAGE_SIZE,), generator=gen)]
         for j, level in enumerate(torch.cumsum(steps, 0).tolist()):
-            valid = min(64, n - 64 * j)  # the page's tail stays NaN
-            case.k_cache[int(table[i, j]), :valid, :, 0] = ((level + within[:valid]) * per_unit).to(dtype)[:, None].cuda()
+            valid = min(PAGE_SIZE, n - PAGE_SIZE * j)  # the page's tail stays NaN
+            case.k_cache[int(table[i, j]), :valid, :, 0] = ((level + within[:valid]) * per_unit)[:, None].to(case.k_cache)
     _compare(case, d_v, causal=True)
     _compare(case, d_v, causal=False)
 
