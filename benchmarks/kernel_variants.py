@@ -506,6 +506,15 @@ VARIANTS["meta_ahead"] = [
      "    cp_async_wait<1>();  // thread 0: the next request's entries (the next Q's copies, the last group, may be in flight)\n"
      "    __syncthreads();  // the page buffers, P and the sums are reused by the next request of this part\n"),
 ]
+# Where a request's pieces start and how many there are, read at the request's top beside its length (both
+# kernels), so the epilogue does not wait on two global loads after its barrier before writing O or the partials.
+SPLIT_LINE = "    const int split = req == begin_req ? begin_split : 0;\n"
+SPLITS_AT_EPILOGUE = "    const int n_split = p.num_splits[req + 1] - p.num_splits[req];\n    const int slot = p.num_splits[req] + split;\n"
+VARIANTS["splits_ahead"] = [
+    (f, old, new) for f in (WG, COMBINE) for old, new in (
+        (SPLIT_LINE, SPLIT_LINE + "    const int slot = p.num_splits[req] + split, n_split = p.num_splits[req + 1] - p.num_splits[req];\n"),
+        (SPLITS_AT_EPILOGUE, ""))]
+VARIANTS["splits_meta_ahead"] = VARIANTS["splits_ahead"] + VARIANTS["meta_ahead"]
 # The scheduler's cost per request, in pages (FlashMLA's 5 in the tree): each variant schedules with its own.
 for cost in (2, 3):
     VARIANTS[f"overhead{cost}"] = [("limits.py", "FIXED_OVERHEAD = 5 ", f"FIXED_OVERHEAD = {cost} ")]
@@ -618,6 +627,188 @@ VARIANTS["repack_skip_early"] = [(WG, WG0_HANDOVER, WG0_F1 + f"        if ({MOVE
 # O on most pages. The twenty-fifth session's before/after.
 VARIANTS["eager_max"] = [(WG, "        const float m_new = mx[e] > m_run[e] + kMaxSlack ? mx[e] : m_run[e];\n",
                           "        const float m_new = fmaxf(m_run[e], mx[e]);\n")]
+# Split requests (timing ablations, wrong outputs where a request is split): the combine grid not launched after the
+# wgmma kernel (no_combine); the pieces' fp32 partials and their lse not written (no_partials).
+WG_COMBINE_LAUNCH = "  kernel<<<grid, TL::kThreads, TL::kSmem, stream>>>(p);\n  launch_combine<T, DV>(p, stream);\n"
+VARIANTS["no_combine"] = [(WG, WG_COMBINE_LAUNCH, "  kernel<<<grid, TL::kThreads, TL::kSmem, stream>>>(p);\n")]
+WG_PARTIAL_STORE = "        for (int t = 0; t < NH / 8; ++t)\n          *reinterpret_cast<float2*>(dst + t * 8)"
+VARIANTS["no_partials"] = [(WG, WG_PARTIAL_STORE, "        for (int t = 0; t < NH / 8 && n_split < 0; ++t)\n          *reinterpret_cast<float2*>(dst + t * 8)")]
+# The combine in the decode kernel (candidate; counters in a zero-initialized device array that the last piece resets,
+# enough for the measured cases): every piece of a split request writes its partial as now, then counts itself in
+# (after a fence); the piece that counts last merges the other pieces' partials into its own O registers and writes
+# the output as a whole request does. No combine grid runs after the decode grid.
+WG_EPILOGUE = """    float inv[2];  // 1 / row sum, 0 for an empty row
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const float lt = s_sum[tr[e]] + s_sum[64 + tr[e]];
+      const bool empty = !(lt > 0.f);
+      inv[e] = empty ? 0.f : 1.f / lt;
+      const float lse_v = empty ? (n_split == 1 ? INFINITY : -INFINITY) : (m_run[e] + __log2f(lt)) * 0.69314718055994531f;
+      if (qrow[e] >= p.rows) continue;
+      const int i = qrow[e] / p.g, hq = h * p.g + qrow[e] % p.g;
+      const int col0 = wg * NH + (lane & 3) * 2;
+      if (n_split == 1) {
+        if (wg == 0 && (lane & 3) == 0) p.lse[(static_cast<int64_t>(req) * p.h_q + hq) * p.s_q + i] = lse_v;
+      } else {
+        const int64_t row_id = (static_cast<int64_t>(slot) * p.h_kv + h) * p.rows + qrow[e];
+        float* dst = p.o_acc + row_id * DV + col0;
+#pragma unroll
+        for (int t = 0; t < NH / 8; ++t)
+          *reinterpret_cast<float2*>(dst + t * 8) = make_float2(o[4 * t + 2 * e] * inv[e], o[4 * t + 2 * e + 1] * inv[e]);
+        if (wg == 0 && (lane & 3) == 0) p.lse_acc[row_id] = lse_v;
+      }
+    }
+    if (n_split == 1) {
+"""
+COMBINE_HERE = """    float inv[2], lse_v[2];  // 1 / row sum (0 for an empty row), and the row's log-sum-exp
+    const int col0 = wg * NH + (lane & 3) * 2;
+    auto row_of = [&](int s, int e) { return (static_cast<int64_t>(p.num_splits[req] + s) * p.h_kv + h) * p.rows + qrow[e]; };
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const float lt = s_sum[tr[e]] + s_sum[64 + tr[e]];
+      const bool empty = !(lt > 0.f);
+      inv[e] = empty ? 0.f : 1.f / lt;
+      lse_v[e] = empty ? (n_split == 1 ? INFINITY : -INFINITY) : (m_run[e] + __log2f(lt)) * 0.69314718055994531f;
+      if (n_split == 1 || qrow[e] >= p.rows) continue;
+      const int64_t row_id = row_of(split, e);
+      float* dst = p.o_acc + row_id * DV + col0;
+#pragma unroll
+      for (int t = 0; t < NH / 8; ++t)
+        *reinterpret_cast<float2*>(dst + t * 8) = make_float2(o[4 * t + 2 * e] * inv[e], o[4 * t + 2 * e + 1] * inv[e]);
+      if (wg == 0 && (lane & 3) == 0) p.lse_acc[row_id] = lse_v[e];
+    }
+    bool finish = n_split == 1;  // this CTA writes the request's output rows
+    if (!finish) {
+      __threadfence();
+      __syncthreads();
+      int* last_flag = reinterpret_cast<int*>(s_m);
+      if (tid == 0) {
+        int* count = g_pieces_done + (static_cast<int64_t>(req) * p.h_kv + h) * gridDim.x + mt;
+        const bool last = atomicAdd(count, 1) == n_split - 1;
+        if (last) *count = 0;
+        *last_flag = last;
+      }
+      __syncthreads();
+      finish = *last_flag;
+      if (finish) {
+        __threadfence();
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          if (qrow[e] >= p.rows) continue;
+          float mx = lse_v[e];
+          for (int s = 0; s < n_split; ++s)
+            if (s != split) mx = fmaxf(mx, __ldcg(p.lse_acc + row_of(s, e)));
+          if (mx == -INFINITY) {  // no keys in any piece: O is 0, as the combine kernel writes it
+            lse_v[e] = INFINITY;
+            continue;
+          }
+          float sum = __expf(lse_v[e] - mx);
+          for (int s = 0; s < n_split; ++s)
+            if (s != split) sum += __expf(__ldcg(p.lse_acc + row_of(s, e)) - mx);
+          const float lse = mx + __logf(sum);
+          inv[e] *= __expf(lse_v[e] - lse);
+#pragma unroll
+          for (int t = 0; t < NH / 8; ++t) {
+            o[4 * t + 2 * e] *= inv[e];
+            o[4 * t + 2 * e + 1] *= inv[e];
+          }
+          inv[e] = 1.f;
+          lse_v[e] = lse;
+          for (int s = 0; s < n_split; ++s) {
+            if (s == split) continue;
+            const int64_t row_id = row_of(s, e);
+            const float w = __expf(__ldcg(p.lse_acc + row_id) - lse);
+            const float* src = p.o_acc + row_id * DV + col0;
+#pragma unroll
+            for (int t0 = 0; t0 < NH / 8; t0 += @CHUNK@) {  // @CHUNK@ loads in flight, then their sums
+              float2 v[@CHUNK@];
+#pragma unroll
+              for (int t = 0; t < @CHUNK@; ++t) v[t] = __ldcg(reinterpret_cast<const float2*>(src + (t0 + t) * 8));
+#pragma unroll
+              for (int t = 0; t < @CHUNK@; ++t) {
+                o[4 * (t0 + t) + 2 * e] += w * v[t].x;
+                o[4 * (t0 + t) + 2 * e + 1] += w * v[t].y;
+              }
+            }
+          }
+        }
+      }
+    }
+    if (finish) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e)
+        if (qrow[e] < p.rows && wg == 0 && (lane & 3) == 0)
+          p.lse[(static_cast<int64_t>(req) * p.h_q + h * p.g + qrow[e] % p.g) * p.s_q + qrow[e] / p.g] = lse_v[e];
+"""
+COUNTERS = "__device__ int g_pieces_done[1 << 18];  // per (request, kv head, row tile): pieces counted in; the last resets it\n"
+for name, chunk in (("combine_here", "NH / 8"), ("combine_here8", "8")):
+    VARIANTS[name] = [(WG, WG_EPILOGUE, COMBINE_HERE.replace("@CHUNK@", chunk)), (WG, HELPERS_AT, COUNTERS + HELPERS_AT),
+                      VARIANTS["no_combine"][0]]
+# The combine grid starts on each request as soon as its pieces are written, not once the whole decode grid is done
+# (candidate; counters in zero-initialized device arrays that the combine resets, enough for the measured cases):
+# each piece's CTA, after its partial rows are written, adds their number to its (request, kv head) counter (barrier,
+# then one thread's fence and atomic add); each combine warp waits (acquire load) until the counter holds every
+# piece's rows instead of `griddepcontrol.wait`, and the last warp of a (request, kv head) to finish resets it.
+EARLY_COUNTERS = """namespace mlabatch {
+
+__device__ int g_rows_ready[1 << 16];   // per (request, kv head): partial rows written by its pieces
+__device__ int g_rows_merged[1 << 16];  // per (request, kv head): rows the combine has written
+__device__ __forceinline__ void count_rows_ready(const MlaParams& p, int req, int h, int rows) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    atomicAdd(g_rows_ready + req * p.h_kv + h, rows);
+  }
+}
+"""
+EARLY_WAIT = """  asm volatile("griddepcontrol.wait;\\n" ::: "memory");
+  const int h = gr / p.rows, qrow = gr % p.rows;
+"""
+EARLY_SPIN = """  const int h = gr / p.rows, qrow = gr % p.rows;
+  int* ready = g_rows_ready + req * p.h_kv + h;
+  if (lane == 0) {
+    int v;
+    do {
+      asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\\n" : "=r"(v) : "l"(ready) : "memory");
+    } while (v < n * p.rows && (__nanosleep(64), true));
+  }
+  __syncwarp();
+"""
+EARLY_RESET = """  if (lane == 0) p.lse[(static_cast<int64_t>(req) * p.h_q + hq) * p.s_q + i] = lse;
+}
+"""
+VARIANTS["combine_early"] = [
+    (COMBINE, "namespace mlabatch {\n", EARLY_COUNTERS),
+    (COMBINE, EARLY_WAIT, EARLY_SPIN),
+    (COMBINE, "for (int s = lane; s < n; s += 32) mx = fmaxf(mx, p.lse_acc[row_id(s)]);",
+     "for (int s = lane; s < n; s += 32) mx = fmaxf(mx, __ldcg(p.lse_acc + row_id(s)));"),
+    (COMBINE, "for (int s = lane; s < n; s += 32) sum += __expf(p.lse_acc[row_id(s)] - mx);",
+     "for (int s = lane; s < n; s += 32) sum += __expf(__ldcg(p.lse_acc + row_id(s)) - mx);"),
+    (COMBINE, "const float w = __expf(p.lse_acc[row_id(s)] - lse);", "const float w = __expf(__ldcg(p.lse_acc + row_id(s)) - lse);"),
+    (COMBINE, "const float4 v = *reinterpret_cast<const float4*>(src + c);", "const float4 v = __ldcg(reinterpret_cast<const float4*>(src + c));"),
+    (COMBINE, EARLY_RESET, """  if (lane == 0) {
+    p.lse[(static_cast<int64_t>(req) * p.h_q + hq) * p.s_q + i] = lse;
+    if (atomicAdd(g_rows_merged + req * p.h_kv + h, 1) == p.rows - 1) {  // every row of this request and head merged
+      g_rows_merged[req * p.h_kv + h] = 0;
+      *ready = 0;
+    }
+  }
+}
+"""),
+    (COMBINE, "    __syncthreads();  // P and the reductions are reused by the next request of this part\n",
+     "    if (n_split > 1) count_rows_ready(p, req, h, min(M, p.rows - mt * M));\n"
+     "    __syncthreads();  // P and the reductions are reused by the next request of this part\n"),
+    (WG, "    if (n_split == 1) {\n      // O in T through shared memory",
+     "    if (n_split > 1) count_rows_ready(p, req, h, min(64, p.rows - mt * 64));\n"
+     "    if (n_split == 1) {\n      // O in T through shared memory"),
+]
+# The same with the wgmma kernel's trigger at its start (as the mma.sync kernel's), so combine warps can start on
+# requests whose pieces are written on multiprocessors that decode CTAs leave early.
+VARIANTS["combine_early_start"] = VARIANTS["combine_early"] + [
+    (WG, '    if (req == end_req) asm volatile("griddepcontrol.launch_dependents;\\n" ::: "memory");\n', ""),
+    (WG, "  if (begin_req <= end_req) load_q(begin_req);",
+     '  asm volatile("griddepcontrol.launch_dependents;\\n" ::: "memory");\n  if (begin_req <= end_req) load_q(begin_req);'),
+]
 # Where two or more row tiles read each page (the compute-bound cases), the pages `ahead` pairs past this one asked of
 # L2 by warpgroup 1's 128 threads while it waits for warpgroup 0's max (`prefetch.global.L2`, one per `step` bytes, the
 # lines split between the row tiles), so their copies come from L2: the fourteenth session's "pages from L2" ablation
