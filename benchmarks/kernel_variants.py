@@ -809,6 +809,41 @@ VARIANTS["combine_early_start"] = VARIANTS["combine_early"] + [
     (WG, "  if (begin_req <= end_req) load_q(begin_req);",
      '  asm volatile("griddepcontrol.launch_dependents;\\n" ::: "memory");\n  if (begin_req <= end_req) load_q(begin_req);'),
 ]
+# A split piece's fp32 partial written as FlashMLA writes its O accumulator: each warpgroup's half staged in its page
+# buffer (rows padded by 32 bytes where they fit, so a warp's float2 stores hit distinct banks), then one bulk copy per
+# valid row, as whole requests write O; before, every thread stored its 64 float2 to global memory.
+ACC_STORE = """        float* dst = p.o_acc + row_id * DV + col0;
+#pragma unroll
+        for (int t = 0; t < NH / 8; ++t)
+          *reinterpret_cast<float2*>(dst + t * 8) = make_float2(o[4 * t + 2 * e] * inv[e], o[4 * t + 2 * e + 1] * inv[e]);
+"""
+ACC_STAGE = """        const uint32_t st = k_addr(wg) + tr[e] * kAccRow + (lane & 3) * 8;
+#pragma unroll
+        for (int t = 0; t < NH / 8; ++t)
+          asm volatile("st.shared.v2.f32 [%0], {%1, %2};\\n" ::"r"(st + t * 32), "f"(o[4 * t + 2 * e] * inv[e]),
+                       "f"(o[4 * t + 2 * e + 1] * inv[e]) : "memory");
+"""
+VARIANTS["acc_bulk"] = [
+    (WG, "    float inv[2];  // 1 / row sum, 0 for an empty row\n",
+     "    // Row bytes of the fp32 partial staged in a page buffer: padded by 32 bytes where that fits.\n"
+     "    constexpr uint32_t kAccRow = 64 * (NH * 4 + 32) <= TL::kTileBytes ? NH * 4 + 32 : NH * 4;\n"
+     "    float inv[2];  // 1 / row sum, 0 for an empty row\n"),
+    (WG, ACC_STORE, ACC_STAGE),
+    (WG, "    if (n_split == 1) {\n      // O in T through shared memory",
+     """    if (n_split > 1) {
+      fence_proxy_async();
+      bar_own(wg);
+      const int qr = mt * 64 + wt;
+      if (wt < 64 && qr < p.rows) {
+        const int64_t row_id = (static_cast<int64_t>(slot) * p.h_kv + h) * p.rows + qr;
+        bulk_store(p.o_acc + row_id * DV + wg * NH, k_addr(wg) + wt * kAccRow, NH * 4);
+        bulk_commit();
+        bulk_wait_read();
+      }
+    }
+    if (n_split == 1) {
+      // O in T through shared memory"""),
+]
 # Where two or more row tiles read each page (the compute-bound cases), the pages `ahead` pairs past this one asked of
 # L2 by warpgroup 1's 128 threads while it waits for warpgroup 0's max (`prefetch.global.L2`, one per `step` bytes, the
 # lines split between the row tiles), so their copies come from L2: the fourteenth session's "pages from L2" ablation
