@@ -844,6 +844,30 @@ VARIANTS["acc_bulk"] = [
     if (n_split == 1) {
       // O in T through shared memory"""),
 ]
+# The GPU scheduler with the smallest payload from ceil(total / parts) up whose packing places every request, instead
+# of FlashMLA's ceil(total / parts) + kFixedOverhead: a part stops short of its payload by up to kFixedOverhead where
+# the rest does not fit, so with FlashMLA's the first parts fill up and the last ones run short or empty (H200 cases:
+# 6-10 of 132 parts empty at 64 x h_q=16 x ~2082 varlen, 256 x h_q=32 x ~711 varlen and the 1B decode shape).
+TIGHT_PAYLOAD = """  long long payload = (total + parts - 1) / parts;
+  for (; payload < (total + parts - 1) / parts + kFixedOverhead; ++payload) {  // the first payload that places all
+    int r = 0, bk = 0;
+    for (int q = 0; q < parts && r < b; ++q) {
+      long long room = payload;
+      while (r < b) {
+        const int rest = pages[r] - bk;
+        if (room < rest + kFixedOverhead) {
+          if (room > kFixedOverhead) bk += static_cast<int>(room - kFixedOverhead);
+          break;
+        }
+        room -= rest + kFixedOverhead;
+        ++r;
+        bk = 0;
+      }
+    }
+    if (r == b) break;
+  }
+"""
+VARIANTS["tight_payload"] = [("csrc/mla_metadata.cu", "  const long long payload = (total + parts - 1) / parts + kFixedOverhead;\n", TIGHT_PAYLOAD)]
 # Where two or more row tiles read each page (the compute-bound cases), the pages `ahead` pairs past this one asked of
 # L2 by warpgroup 1's 128 threads while it waits for warpgroup 0's max (`prefetch.global.L2`, one per `step` bytes, the
 # lines split between the row tiles), so their copies come from L2: the fourteenth session's "pages from L2" ablation
