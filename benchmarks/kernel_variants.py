@@ -508,6 +508,7 @@ VARIANTS["meta_ahead"] = [
 ]
 # Where a request's pieces start and how many there are, read at the request's top beside its length (both
 # kernels), so the epilogue does not wait on two global loads after its barrier before writing O or the partials.
+# H200 (call 26-3): 1.0009 after the flush, 0.9926 back to back; with meta_ahead 0.9972 / 0.9954.
 SPLIT_LINE = "    const int split = req == begin_req ? begin_split : 0;\n"
 SPLITS_AT_EPILOGUE = "    const int n_split = p.num_splits[req + 1] - p.num_splits[req];\n    const int slot = p.num_splits[req] + split;\n"
 VARIANTS["splits_ahead"] = [
@@ -628,7 +629,8 @@ VARIANTS["repack_skip_early"] = [(WG, WG0_HANDOVER, WG0_F1 + f"        if ({MOVE
 VARIANTS["eager_max"] = [(WG, "        const float m_new = mx[e] > m_run[e] + kMaxSlack ? mx[e] : m_run[e];\n",
                           "        const float m_new = fmaxf(m_run[e], mx[e]);\n")]
 # Split requests (timing ablations, wrong outputs where a request is split): the combine grid not launched after the
-# wgmma kernel (no_combine); the pieces' fp32 partials and their lse not written (no_partials).
+# wgmma kernel (no_combine); the pieces' fp32 partials and their lse not written (no_partials). H200 (calls 26-1,
+# 26-2): without the combine grid the split cases run 1-8% faster; without the partials within 1%, ~4103 varlen 1.7%.
 WG_COMBINE_LAUNCH = "  kernel<<<grid, TL::kThreads, TL::kSmem, stream>>>(p);\n  launch_combine<T, DV>(p, stream);\n"
 VARIANTS["no_combine"] = [(WG, WG_COMBINE_LAUNCH, "  kernel<<<grid, TL::kThreads, TL::kSmem, stream>>>(p);\n")]
 WG_PARTIAL_STORE = "        for (int t = 0; t < NH / 8; ++t)\n          *reinterpret_cast<float2*>(dst + t * 8)"
@@ -636,7 +638,8 @@ VARIANTS["no_partials"] = [(WG, WG_PARTIAL_STORE, "        for (int t = 0; t < N
 # The combine in the decode kernel (candidate; counters in a zero-initialized device array that the last piece resets,
 # enough for the measured cases): every piece of a split request writes its partial as now, then counts itself in
 # (after a fence); the piece that counts last merges the other pieces' partials into its own O registers and writes
-# the output as a whole request does. No combine grid runs after the decode grid.
+# the output as a whole request does. No combine grid runs after the decode grid. H200 (call 26-1): 0.974, up to
+# 0.888: the last piece is nearly always a part's last request, so its merge is a serial tail on the slowest parts.
 WG_EPILOGUE = """    float inv[2];  // 1 / row sum, 0 for an empty row
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
@@ -749,6 +752,7 @@ for name, chunk in (("combine_here", "NH / 8"), ("combine_here8", "8")):
 # each piece's CTA, after its partial rows are written, adds their number to its (request, kv head) counter (barrier,
 # then one thread's fence and atomic add); each combine warp waits (acquire load) until the counter holds every
 # piece's rows instead of `griddepcontrol.wait`, and the last warp of a (request, kv head) to finish resets it.
+# H200 (call 26-2): 0.994 after the flush, 0.964 back to back (combine_early_start: 0.994, 0.979).
 EARLY_COUNTERS = """namespace mlabatch {
 
 __device__ int g_rows_ready[1 << 16];   // per (request, kv head): partial rows written by its pieces
@@ -811,7 +815,8 @@ VARIANTS["combine_early_start"] = VARIANTS["combine_early"] + [
 ]
 # A split piece's fp32 partial written as FlashMLA writes its O accumulator: each warpgroup's half staged in its page
 # buffer (rows padded by 32 bytes where they fit, so a warp's float2 stores hit distinct banks), then one bulk copy per
-# valid row, as whole requests write O; before, every thread stored its 64 float2 to global memory.
+# valid row, as whole requests write O; before, every thread stored its 64 float2 to global memory. H200 (call 26-4):
+# 0.9983 after the flush, 0.9889 back to back.
 ACC_STORE = """        float* dst = p.o_acc + row_id * DV + col0;
 #pragma unroll
         for (int t = 0; t < NH / 8; ++t)
@@ -847,7 +852,8 @@ VARIANTS["acc_bulk"] = [
 # The GPU scheduler with the smallest payload from ceil(total / parts) up whose packing places every request, instead
 # of FlashMLA's ceil(total / parts) + kFixedOverhead: a part stops short of its payload by up to kFixedOverhead where
 # the rest does not fit, so with FlashMLA's the first parts fill up and the last ones run short or empty (H200 cases:
-# 6-10 of 132 parts empty at 64 x h_q=16 x ~2082 varlen, 256 x h_q=32 x ~711 varlen and the 1B decode shape).
+# 6 of 132 parts empty at 64 x h_q=16 x ~2082 varlen and 256 x h_q=32 x ~711 varlen). H200 (call 26-5): 64 x h_q=16
+# 1.030 after the flush, 0.996 back to back; ~711 varlen 0.999-1.010; no other measured case changes its schedule.
 TIGHT_PAYLOAD = """  long long payload = (total + parts - 1) / parts;
   for (; payload < (total + parts - 1) / parts + kFixedOverhead; ++payload) {  // the first payload that places all
     int r = 0, bk = 0;
