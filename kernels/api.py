@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import backends, build, scheduler
 from .limits import GPU_SCHED_MAX_BATCH
@@ -60,7 +63,25 @@ def flash_mla_with_kvcache(
         return out, lse
     fm, _ = backends.flash_mla_module()
     s_q, h_q, h_kv = q.shape[1], q.shape[2], k_cache.shape[2]
-    meta, splits = fm.get_mla_metadata(cache_seqlens, s_q * h_q // h_kv, h_kv)  # type: ignore[union-attr]
+    meta, splits = _flashmla_metadata(fm, tile_scheduler_metadata, cache_seqlens, s_q * h_q // h_kv, h_kv)  # type: ignore[arg-type]
     return fm.flash_mla_with_kvcache(  # type: ignore[union-attr]
         q, k_cache, block_table, cache_seqlens, head_dim_v, meta, splits, softmax_scale=scale, causal=causal
     )
+
+
+# FlashMLA's own metadata for each metadata tensor of ours, by call shape: made by the first flashmla call that passes
+# it and reused by the calls after (a decode step's layers share one), as FlashMLA's callers reuse theirs. FlashMLA's
+# current get_mla_metadata returns an empty object that its first flash_mla_with_kvcache call fills; older versions
+# return the tensors. Keys are weak: an entry goes when our metadata tensor does.
+_FLASHMLA_METADATA: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _flashmla_metadata(
+    fm: ModuleType, ours: torch.Tensor, cache_seqlens: torch.Tensor, num_q_tokens_per_head_k: int, num_heads_k: int
+) -> tuple[object, object]:
+    """Return FlashMLA's (metadata, num_splits) for a call given our metadata `ours`, made once per tensor and shape."""
+    per_shape = _FLASHMLA_METADATA.setdefault(ours, {})
+    key = (num_q_tokens_per_head_k, num_heads_k)
+    if key not in per_shape:
+        per_shape[key] = fm.get_mla_metadata(cache_seqlens, num_q_tokens_per_head_k, num_heads_k)
+    return per_shape[key]
