@@ -633,8 +633,12 @@ VARIANTS["eager_max"] = [(WG, "        const float m_new = mx[e] > m_run[e] + kM
 # 26-2): without the combine grid the split cases run 1-8% faster; without the partials within 1%, ~4103 varlen 1.7%.
 WG_COMBINE_LAUNCH = "  kernel<<<grid, TL::kThreads, TL::kSmem, stream>>>(p);\n  launch_combine<T, DV>(p, stream);\n"
 VARIANTS["no_combine"] = [(WG, WG_COMBINE_LAUNCH, "  kernel<<<grid, TL::kThreads, TL::kSmem, stream>>>(p);\n")]
-WG_PARTIAL_STORE = "        for (int t = 0; t < NH / 8; ++t)\n          *reinterpret_cast<float2*>(dst + t * 8)"
-VARIANTS["no_partials"] = [(WG, WG_PARTIAL_STORE, "        for (int t = 0; t < NH / 8 && n_split < 0; ++t)\n          *reinterpret_cast<float2*>(dst + t * 8)")]
+PARTIAL_STORE = """        float* dst = p.o_acc + row_id * DV + col0;
+#pragma unroll
+        for (int t = 0; t < NH / 8; ++t)
+          *reinterpret_cast<float2*>(dst + t * 8) = make_float2(o[4 * t + 2 * e] * inv[e], o[4 * t + 2 * e + 1] * inv[e]);
+"""  # a split piece's fp32 partial, as the wgmma kernel writes it
+VARIANTS["no_partials"] = [(WG, PARTIAL_STORE, PARTIAL_STORE.replace("t < NH / 8; ++t)", "t < NH / 8 && n_split < 0; ++t)"))]
 # The combine in the decode kernel (candidate; counters in a zero-initialized device array that the last piece resets,
 # enough for the measured cases): every piece of a split request writes its partial as now, then counts itself in
 # (after a fence); the piece that counts last merges the other pieces' partials into its own O registers and writes
@@ -654,11 +658,7 @@ WG_EPILOGUE = """    float inv[2];  // 1 / row sum, 0 for an empty row
         if (wg == 0 && (lane & 3) == 0) p.lse[(static_cast<int64_t>(req) * p.h_q + hq) * p.s_q + i] = lse_v;
       } else {
         const int64_t row_id = (static_cast<int64_t>(slot) * p.h_kv + h) * p.rows + qrow[e];
-        float* dst = p.o_acc + row_id * DV + col0;
-#pragma unroll
-        for (int t = 0; t < NH / 8; ++t)
-          *reinterpret_cast<float2*>(dst + t * 8) = make_float2(o[4 * t + 2 * e] * inv[e], o[4 * t + 2 * e + 1] * inv[e]);
-        if (wg == 0 && (lane & 3) == 0) p.lse_acc[row_id] = lse_v;
+""" + PARTIAL_STORE + """        if (wg == 0 && (lane & 3) == 0) p.lse_acc[row_id] = lse_v;
       }
     }
     if (n_split == 1) {
@@ -817,11 +817,6 @@ VARIANTS["combine_early_start"] = VARIANTS["combine_early"] + [
 # buffer (rows padded by 32 bytes where they fit, so a warp's float2 stores hit distinct banks), then one bulk copy per
 # valid row, as whole requests write O; before, every thread stored its 64 float2 to global memory. H200 (call 26-4):
 # 0.9983 after the flush, 0.9889 back to back.
-ACC_STORE = """        float* dst = p.o_acc + row_id * DV + col0;
-#pragma unroll
-        for (int t = 0; t < NH / 8; ++t)
-          *reinterpret_cast<float2*>(dst + t * 8) = make_float2(o[4 * t + 2 * e] * inv[e], o[4 * t + 2 * e + 1] * inv[e]);
-"""
 ACC_STAGE = """        const uint32_t st = k_addr(wg) + tr[e] * kAccRow + (lane & 3) * 8;
 #pragma unroll
         for (int t = 0; t < NH / 8; ++t)
@@ -833,7 +828,7 @@ VARIANTS["acc_bulk"] = [
      "    // Row bytes of the fp32 partial staged in a page buffer: padded by 32 bytes where that fits.\n"
      "    constexpr uint32_t kAccRow = 64 * (NH * 4 + 32) <= TL::kTileBytes ? NH * 4 + 32 : NH * 4;\n"
      "    float inv[2];  // 1 / row sum, 0 for an empty row\n"),
-    (WG, ACC_STORE, ACC_STAGE),
+    (WG, PARTIAL_STORE, ACC_STAGE),
     (WG, "    if (n_split == 1) {\n      // O in T through shared memory",
      """    if (n_split > 1) {
       fence_proxy_async();
