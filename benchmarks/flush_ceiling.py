@@ -1,0 +1,114 @@
+"""What the side-by-side tool's timing lets any kernel reach: our decode against a plain streaming read of the same
+number of bytes, on the tool's converted-width cases, after the tool's flush and after a clean one.
+
+Issue 17's bar for converted widths is a share of the copy bandwidth measured in the same run. The tool flushes L2
+with `zero_` of 512 MB before every timed replay, which leaves L2 full of dirty lines: a call's reads evict them, so
+their write-back shares the DRAM with the call. A read of the bytes the tool counts for a case, with nothing else to
+do, is the most any decode kernel can reach there. Same timer as the tool (`graphed`, `timed`: CUDA-graph replay,
+median of 30), same inputs (`make`, its lengths), copy bandwidth by its own formula in the same process, kernels in
+rotating order. The read is a Triton kernel (16 KB per program, one int32 sum written per program).
+
+On the GPU machine, from the project root, with `.fmla/flashmla_side_by_side.py` (../shared/tools/README.md) and
+mlabatch importable (tests/gpu/run_on_device.sh's shim):
+    python3 benchmarks/flush_ceiling.py --rounds 3 --out $OUT/flush-ceiling.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# The tool's converted-width cases: b, s_q, h_q, s_k, d_qk, d_v, varlen (h_kv 1). The bar is on h_q x s_q <= 32.
+CASES = [(256, 1, 9, 1024, 320, 256, False), (256, 1, 32, 700, 320, 256, True), (256, 1, 12, 1024, 384, 384, False),
+         (128, 1, 64, 4096, 320, 256, False)]
+BAR = 0.85  # issue 17: converted widths at >= 85% of the copy bandwidth
+
+
+def load_module(name: str, path: Path):
+    """Import a Python file as module `name` (the tool and the sibling benchmarks are not packages)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_reader(nbytes: int, evict_first: bool):
+    """A call that reads `nbytes` of a fresh buffer once (as int32, 16 KB per Triton program) and writes one sum per
+    program; `evict_first` gives its loads the L2 policy our decode kernel's page copies use."""
+    import torch
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def read(x_ptr, out_ptr, n, BLOCK: tl.constexpr, POLICY: tl.constexpr):
+        pid = tl.program_id(0)
+        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        v = tl.load(x_ptr + offs, mask=offs < n, other=0, eviction_policy=POLICY)
+        tl.store(out_ptr + pid, tl.sum(v, axis=0))
+
+    n = nbytes // 4
+    x = torch.randint(-(2**31), 2**31 - 1, (n,), dtype=torch.int32, device="cuda")
+    block = 4096
+    grid = (triton.cdiv(n, block),)
+    out = torch.empty(grid[0], dtype=torch.int32, device="cuda")
+    policy = "evict_first" if evict_first else ""
+    return lambda: read[grid](x, out, n, BLOCK=block, POLICY=policy, num_warps=8)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tool", type=Path, default=ROOT / ".fmla" / "flashmla_side_by_side.py", help="the side-by-side tool")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", type=Path, help="also write the JSON lines here")
+    args = ap.parse_args()
+    import torch
+
+    tool = load_module("flashmla_side_by_side", args.tool)
+    variants = load_module("kernel_variants", Path(__file__).with_name("kernel_variants.py"))
+    from mlabatch.kernels import flash_mla_with_kvcache, get_mla_metadata
+
+    out = args.out.open("w") if args.out else None
+
+    def emit(**r) -> None:
+        print(json.dumps(r), flush=True)
+        if out:
+            out.write(json.dumps(r) + "\n")
+
+    dirty = torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
+    flushes = {"tool": dirty, "clean": variants.CleanFlush(dirty)}
+    src = torch.empty(1 << 30, dtype=torch.bfloat16, device="cuda")
+    dst = torch.empty_like(src)
+    copy_gbps = 4 * src.numel() / tool.timed(lambda: dst.copy_(src), 20, dirty) / 1e3  # the tool's copy line
+    del src, dst
+    emit(event="copy", device=torch.cuda.get_device_name(), GBps=round(copy_gbps))
+    for b, s_q, h_q, s_k, d, dv, varlen in CASES:
+        gen = torch.Generator().manual_seed(b + s_k + h_q)  # the tool's lengths for this case
+        lens = torch.normal(float(s_k), s_k / 2, (b,), generator=gen).clamp(min=s_q).int().tolist() if varlen else [s_k] * b
+        q, kc, tb, ln = tool.make(b, s_q, h_q, 1, lens, d, poison=False)
+        tot = float(sum(lens))
+        nbytes = 2 * (tot * d + b * s_q * h_q * (d + dv))  # the tool's bytes for this case
+        m, sp = get_mla_metadata(ln, s_q * h_q, 1, head_dim_qk=d)
+        fns = {"ours": tool.graphed(lambda: flash_mla_with_kvcache(q, kc, tb, ln, dv, m, sp, causal=True, backend="cuda")),
+               "read": tool.graphed(make_reader(int(nbytes), evict_first=False)),
+               "read_evict_first": tool.graphed(make_reader(int(nbytes), evict_first=True))}
+        order = list(fns)
+        for regime, flush in flushes.items():
+            us: dict[str, float] = {}
+            for r in range(args.rounds):
+                for name in order[r % len(order):] + order[: r % len(order)]:
+                    us[name] = min(us.get(name, float("inf")), tool.timed(fns[name], 30, flush))
+            share = {name: nbytes / t / 1e3 / copy_gbps for name, t in us.items()}
+            best_read = max(share["read"], share["read_evict_first"])
+            emit(case=[b, s_q, h_q, round(tot / b), d, dv, varlen], flush=regime, mbytes=round(nbytes / 1e6, 1),
+                 us={k: round(v, 1) for k, v in us.items()}, pct_of_copy={k: round(100 * v, 1) for k, v in share.items()},
+                 ours_over_best_read=round(share["ours"] / best_read, 3),
+                 bar_reachable=bool(best_read >= BAR), ours_meets_bar=bool(share["ours"] >= BAR))
+        del q, kc, fns
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
