@@ -289,7 +289,7 @@ VARIANTS["k0_copy_after_p"] = half_prefetch() + [(WG, K0_FIRST_AND_PREFETCH + P0
 # may evict one of the flush's dirty lines (a DRAM write) where an evict-first line would be replaced instead.
 VARIANTS["pf_evict_first"] = half_prefetch(helper=edit_text(TMA_PREFETCH, [
     ('tile [%0, {%1, %2, %3, %4}];', 'tile.L2::cache_hint [%0, {%1, %2, %3, %4}], %5;'),
-    ('"r"(page) : "memory"', '"r"(page), "l"(0x12F0000000000000ull) : "memory"')], "pf_evict_first", where="TMA_PREFETCH"))
+    ('"r"(page) : "memory"', '"r"(page), "l"(kL2EvictFirst) : "memory"')], "pf_evict_first", where="TMA_PREFETCH"))
 # The next request's first pages (one per page buffer: the ones its prologue copies) asked of L2 by warpgroup 0 once
 # this request's last refill is issued (no copies of this request are queued after it), so the next prologue's copies
 # come from L2; a request's start otherwise waits for the block table and then DRAM. next_l2: by TMA tensor prefetches
@@ -954,7 +954,7 @@ __device__ __forceinline__ void tma_slab_both(uint32_t dst, const CUtensorMap* m
   asm volatile(
       "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster.L2::cache_hint [%0], [%1, {%3, %4, %5, %6}], [%2], %7, %8;\n"
       ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(col), "r"(0), "r"(head), "r"(page), "h"(static_cast<uint16_t>(3)),
-      "l"(0x12F0000000000000ull) : "memory");
+      "l"(kL2EvictFirst) : "memory");
 }
 """
 MC_CLUSTERS = [  # the clusters: launch, counters, cluster barriers
@@ -1034,6 +1034,23 @@ VARIANTS["mc_count_only"] = MC_CLUSTERS + [counted_load_to(f"        if ({COUNT}
                                                            "tma_slab")]
 # And the clusters alone (launch, counters' init, cluster barriers), every copy as in the tree's kernel.
 VARIANTS["mc_launch_only"] = MC_CLUSTERS
+
+# Before/after for the mma.sync kernel's page copies with L2 evict_first (session 27): the copies without a policy.
+# Call 27-2 (the variant was the change then): after the tool's flush, 320/256 h_q=9 x 1024 54.6 -> 53.4 us and
+# 384/384 h_q=12 x 1024 63.6 -> 62.5 (best of 5), 1.8-2.3%; after a clean flush 0.2-0.4%; the other cases run the
+# wgmma kernel. flush_ceiling.py: a plain read of h_q=9's bytes reaches 85% of copy after the tool's flush with
+# the policy and 81% without.
+DISPATCH = "csrc/mla_dispatch.cuh"
+VARIANTS["page_evict_normal"] = [
+    (COMBINE, "++sl) cp_async16_page(dst + ld_dst[pass] + sl * kPage * 128,", "++sl) cp_async16(dst + ld_dst[pass] + sl * kPage * 128,"),
+]
+# Tiles of 17-32 rows at narrow widths (320/256 h_q=32) as two 16-row mma.sync CTAs per SM (one per row tile, the
+# same parts) instead of one 64-row wgmma tile with half its rows padding. Call 27-2: 320/256 h_q=32 x ~711 varlen
+# 53.0 -> 61.9 us after the tool's flush, 52.5 -> 60.3 after a clean one: 13-14% slower.
+VARIANTS["rows32_mma16"] = [
+    (DISPATCH, "    if (p.rows <= kTwoCtaMaxRows) {\n      if (p.num_parts * p.h_kv > num_sms())",
+     "    if (p.rows <= 2 * kTwoCtaMaxRows) {\n      if (p.rows > kTwoCtaMaxRows || p.num_parts * p.h_kv > num_sms())"),
+]
 FM_FILE = "sm90/decode/dense/splitkv_mla.cuh"
 FM_VARIANTS: dict[str, list[tuple[str, str, str]]] = {  # the same ablations in FlashMLA's dense decode (every occurrence)
     "fm": [],

@@ -92,12 +92,12 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t phase) {
       "{\n .reg .pred P1;\n LAB_WAIT:\n mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n @P1 bra DONE;\n bra LAB_WAIT;\n"
       " DONE:\n }\n" ::"r"(bar), "r"(phase) : "memory");
 }
-// Each page is read once per CTA: the copy asks L2 to evict it first (CUTLASS's EVICT_FIRST policy value).
+// Each page is read once per CTA: the copy asks L2 to evict it first (kL2EvictFirst).
 __device__ __forceinline__ void tma_slab(uint32_t dst, const CUtensorMap* map, uint32_t bar, int col, int head, int page) {
   asm volatile(
       "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%3, %4, %5, %6}], [%2], %7;\n"
       ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(col), "r"(0), "r"(head), "r"(page),
-      "l"(0x12F0000000000000ull) : "memory");
+      "l"(kL2EvictFirst) : "memory");
 }
 
 // Named barriers between the warpgroups (0 is __syncthreads): the producer warpgroup arrives, the consumer
