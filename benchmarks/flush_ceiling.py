@@ -6,7 +6,8 @@ with `zero_` of 512 MB before every timed replay, which leaves L2 full of dirty 
 their write-back shares the DRAM with the call. A read of the bytes the tool counts for a case, with nothing else to
 do, is the most any decode kernel can reach there. Same timer as the tool (`graphed`, `timed`: CUDA-graph replay,
 median of 30), same inputs (`make`, its lengths), copy bandwidth by its own formula in the same process, kernels in
-rotating order. The read is a Triton kernel (16 KB per program, one int32 sum written per program).
+rotating order. The read is a Triton kernel (`--block` int32 per program, default 4096 = 16 KB; one sum written per
+program).
 
 On the GPU machine, from the project root, with `.fmla/flashmla_side_by_side.py` (../shared/tools/README.md) and
 mlabatch importable (tests/gpu/run_on_device.sh's shim):
@@ -35,8 +36,8 @@ def load_module(name: str, path: Path):
     return module
 
 
-def make_reader(nbytes: int, evict_first: bool):
-    """A call that reads `nbytes` of a fresh buffer once (as int32, 16 KB per Triton program) and writes one sum per
+def make_reader(nbytes: int, evict_first: bool, block: int):
+    """A call that reads `nbytes` of a fresh buffer once (as int32, `block` per Triton program) and writes one sum per
     program; `evict_first` gives its loads the L2 policy our decode kernel's page copies use."""
     import torch
     import triton
@@ -51,7 +52,6 @@ def make_reader(nbytes: int, evict_first: bool):
 
     n = nbytes // 4
     x = torch.randint(-(2**31), 2**31 - 1, (n,), dtype=torch.int32, device="cuda")
-    block = 4096
     grid = (triton.cdiv(n, block),)
     out = torch.empty(grid[0], dtype=torch.int32, device="cuda")
     policy = "evict_first" if evict_first else ""
@@ -62,6 +62,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tool", type=Path, default=ROOT / ".fmla" / "flashmla_side_by_side.py", help="the side-by-side tool")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--block", type=int, default=4096, help="int32 elements each program of the read loads")
     ap.add_argument("--out", type=Path, help="also write the JSON lines here")
     args = ap.parse_args()
     import torch
@@ -83,7 +84,7 @@ def main() -> None:
     dst = torch.empty_like(src)
     copy_gbps = 4 * src.numel() / tool.timed(lambda: dst.copy_(src), 20, dirty) / 1e3  # the tool's copy line
     del src, dst
-    emit(event="copy", device=torch.cuda.get_device_name(), GBps=round(copy_gbps))
+    emit(event="copy", device=torch.cuda.get_device_name(), GBps=round(copy_gbps), read_block=args.block)
     for b, s_q, h_q, s_k, d, dv, varlen in CASES:
         gen = torch.Generator().manual_seed(b + s_k + h_q)  # the tool's lengths for this case
         lens = torch.normal(float(s_k), s_k / 2, (b,), generator=gen).clamp(min=s_q).int().tolist() if varlen else [s_k] * b
@@ -92,8 +93,8 @@ def main() -> None:
         nbytes = 2 * (tot * d + b * s_q * h_q * (d + dv))  # the tool's bytes for this case
         m, sp = get_mla_metadata(ln, s_q * h_q, 1, head_dim_qk=d)
         fns = {"ours": tool.graphed(lambda: flash_mla_with_kvcache(q, kc, tb, ln, dv, m, sp, causal=True, backend="cuda")),
-               "read": tool.graphed(make_reader(int(nbytes), evict_first=False)),
-               "read_evict_first": tool.graphed(make_reader(int(nbytes), evict_first=True))}
+               "read": tool.graphed(make_reader(int(nbytes), evict_first=False, block=args.block)),
+               "read_evict_first": tool.graphed(make_reader(int(nbytes), evict_first=True, block=args.block))}
         order = list(fns)
         for regime, flush in flushes.items():
             us: dict[str, float] = {}
