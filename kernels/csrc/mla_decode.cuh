@@ -84,7 +84,7 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int sr
 }
 // L2 policy for cache pages, which a CTA reads once: evict first (CUTLASS's EVICT_FIRST value, as FlashMLA's K copies).
 // Lines already in L2 (after a decode step's other kernels, often dirty) are then evicted less, so less of their
-// write-back shares DRAM with the page reads: H200, 320/256 and 384/384 at 1024 tokens 1.8-2.3% faster after the
+// write-back shares DRAM with the page reads: H200, 320/256 and 384/384 at 1024 tokens 1.8-2.8% faster after the
 // side-by-side tool's flush (dirty L2), unchanged after a clean one (results md, twenty-seventh session).
 constexpr uint64_t kL2EvictFirst = 0x12F0000000000000ull;
 // cp_async16 of a cache page's chunk, with that policy.
