@@ -55,7 +55,8 @@ def make_reader(nbytes: int, evict_first: bool, block: int):
     grid = (triton.cdiv(n, block),)
     out = torch.empty(grid[0], dtype=torch.int32, device="cuda")
     policy = "evict_first" if evict_first else ""
-    return lambda: read[grid](x, out, n, BLOCK=block, POLICY=policy, num_warps=8)
+    warps = max(1, min(8, block // 128))  # 16-byte loads (4 int32 a thread) down to 128-int32 programs
+    return lambda: read[grid](x, out, n, BLOCK=block, POLICY=policy, num_warps=warps)
 
 
 def main() -> None:
