@@ -400,39 +400,53 @@ __global__ void __launch_bounds__(kCombineWarps * 32) mla_combine_kernel(const _
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
   const int h = gr / p.rows, qrow = gr % p.rows;
   auto row_id = [&](int s) { return (static_cast<int64_t>(base + s) * p.h_kv + h) * p.rows + qrow; };
-  float mx = -INFINITY;
-  for (int s = lane; s < n; s += 32) mx = fmaxf(mx, p.lse_acc[row_id(s)]);
+  // Lane l owns columns 4l + 128k. The loads of a pair of pieces are in flight together, and the first pair's
+  // are issued before the log-sum-exps are read, so their latencies overlap (n >= 2 here).
+  constexpr int kChunks = (DV + 127) / 128;
+  float4 va[kChunks], vb[kChunks];
+  auto load = [&](float4 (&v)[kChunks], int s) {
+    const float* src = p.o_acc + row_id(s) * DV;
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k)
+      if (lane * 4 + k * 128 < DV) v[k] = *reinterpret_cast<const float4*>(src + lane * 4 + k * 128);
+  };
+  load(va, 0);
+  load(vb, 1);
+  // Lane s holds piece s's log-sum-exp; pieces 32 and up (a request split over more than 32 parts) are read again.
+  const float mine = lane < n ? p.lse_acc[row_id(lane)] : -INFINITY;
+  float mx = mine;
+  for (int s = lane + 32; s < n; s += 32) mx = fmaxf(mx, p.lse_acc[row_id(s)]);
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
-  float sum = 0.f;
-  if (mx != -INFINITY)
-    for (int s = lane; s < n; s += 32) sum += __expf(p.lse_acc[row_id(s)] - mx);
+  const bool empty = mx == -INFINITY;
+  float sum = empty ? 0.f : __expf(mine - mx);
+  for (int s = lane + 32; s < n && !empty; s += 32) sum += __expf(p.lse_acc[row_id(s)] - mx);
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
-  const bool empty = mx == -INFINITY;
   const float lse = empty ? INFINITY : mx + __logf(sum);
-  const int i = qrow / p.g, hq = h * p.g + qrow % p.g;
-  T* dst = static_cast<T*>(p.out) + ((static_cast<int64_t>(req) * p.s_q + i) * p.h_q + hq) * DV;
-  // Lane l owns columns 4l + 128k: all of a piece's loads for this row are issued before they are summed.
-  constexpr int kChunks = (DV + 127) / 128;
+  const float w_mine = __expf(mine - lse);
+  auto weight = [&](int s) { return s < 32 ? __shfl_sync(0xffffffff, w_mine, s) : __expf(p.lse_acc[row_id(s)] - lse); };
   float4 acc[kChunks];
 #pragma unroll
   for (int k = 0; k < kChunks; ++k) acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 2
-  for (int s = 0; s < n && !empty; ++s) {
-    const float w = __expf(p.lse_acc[row_id(s)] - lse);
-    const float* src = p.o_acc + row_id(s) * DV;
+  auto add = [&](const float4 (&v)[kChunks], float w) {
 #pragma unroll
     for (int k = 0; k < kChunks; ++k) {
-      const int c = lane * 4 + k * 128;
-      if (c >= DV) continue;
-      const float4 v = *reinterpret_cast<const float4*>(src + c);
-      acc[k].x += w * v.x;
-      acc[k].y += w * v.y;
-      acc[k].z += w * v.z;
-      acc[k].w += w * v.w;
+      if (lane * 4 + k * 128 >= DV) continue;
+      acc[k].x += w * v[k].x;
+      acc[k].y += w * v[k].y;
+      acc[k].z += w * v[k].z;
+      acc[k].w += w * v[k].w;
     }
+  };
+  for (int s = 0; s < n && !empty; s += 2) {
+    add(va, weight(s));
+    if (s + 1 < n) add(vb, weight(s + 1));
+    if (s + 2 < n) load(va, s + 2);
+    if (s + 3 < n) load(vb, s + 3);
   }
+  const int i = qrow / p.g, hq = h * p.g + qrow % p.g;
+  T* dst = static_cast<T*>(p.out) + ((static_cast<int64_t>(req) * p.s_q + i) * p.h_q + hq) * DV;
 #pragma unroll
   for (int k = 0; k < kChunks; ++k) {
     const int c = lane * 4 + k * 128;

@@ -20,9 +20,14 @@ def test_variant_edits_apply(tmp_path: Path, name: str) -> None:
     kernels = root / "mlabatch" / "kernels"
     assert f'JIT_NAME = "mlabatch_kernels_jit_{name}"' in (kernels / "build.py").read_text()
     assert (kernels / "csrc" / "mla_limits.h").read_text().startswith(f"#define mlabatch mlabatch_{name}\n")
-    for f, _, new in kernel_variants.VARIANTS[name]:
-        assert new in (kernels / f).read_text()
-    changed = {f for f, _, _ in kernel_variants.VARIANTS[name]}
+    expected: dict[str, str] = {}  # each file's text after each of its edits in turn: every edit lands its new text
+    for f, old, new in kernel_variants.VARIANTS[name]:
+        text = expected.get(f, (ROOT / "kernels" / f).read_text())
+        expected[f] = kernel_variants.edit_text(text, [(old, new)], name)
+        assert new in expected[f]
+    for f, text in expected.items():
+        assert (kernels / f).read_text() == text
+    changed = set(expected)
     for f in changed | {kernel_variants.WG}:
         assert ((kernels / f).read_text() == (ROOT / "kernels" / f).read_text()) == (f not in changed)
 
