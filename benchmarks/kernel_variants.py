@@ -1102,6 +1102,22 @@ VARIANTS["rows32_mma16"] = [
     (DISPATCH, "    if (p.rows <= kTwoCtaMaxRows) {\n      if (p.num_parts * p.h_kv > num_sms())",
      "    if (p.rows <= 2 * kTwoCtaMaxRows) {\n      if (p.rows > kTwoCtaMaxRows || p.num_parts * p.h_kv > num_sms())"),
 ]
+# Tiles of 17-32 rows at d_qk <= 320 (320/256 h_q=32) as one 32-row mma.sync CTA per part, two CTAs per SM on a
+# schedule of twice the parts (as 16-row tiles run), instead of one 64-row wgmma tile with half its rows padding
+# on one CTA per SM. The scheduler takes the variant's limits only where the variant is the first one named, so it
+# is timed alone against the tree alone. Call 28-3 (best of 3, the tool's flush): 320/256 h_q=32 x ~711 varlen
+# 52.3 -> 62.0 us, x 2048 107.5 -> 107.9, s_q=2 h_q=16 x 1024 35.4 -> 47.1; after a clean flush 52.2 -> 60.9,
+# 97.5 -> 107.1, 34.5 -> 46.1. Not kept: the 32-row mma.sync tile is slower than the padded wgmma tile.
+VARIANTS["rows32_two_cta"] = [
+    ("limits.py", "TWO_CTA_MAX_ROWS = 16", "TWO_CTA_MAX_ROWS = 32"),
+    (DISPATCH, """  static_assert(kTwoCtaMaxRows == 16 && kQTileRows == 64, "16-row mma.sync tiles, then 64-row tiles");
+  if constexpr (DQK <= kTwoCtaMaxDqk) {
+    if (p.rows <= kTwoCtaMaxRows) {""", """  if constexpr (DQK <= 320) {
+    if (p.rows > 16 && p.rows <= 32 && p.num_parts * p.h_kv > num_sms()) return launch_decode<T, DQK, DV, 2, 2>(p, stream);
+  }
+  if constexpr (DQK <= kTwoCtaMaxDqk) {
+    if (p.rows <= 16) {"""),
+]
 FM_FILE = "sm90/decode/dense/splitkv_mla.cuh"
 FM_VARIANTS: dict[str, list[tuple[str, str, str]]] = {  # the same ablations in FlashMLA's dense decode (every occurrence)
     "fm": [],
@@ -1117,7 +1133,8 @@ CASES = [(128, 1, 16, 4096, 576, 512, False), (128, 1, 64, 4096, 576, 512, False
          (256, 1, 9, 1024, 320, 256, False), (256, 1, 32, 700, 320, 256, True),
          (64, 1, 16, 2048, 576, 512, True),
          (256, 1, 32, 640, 576, 512, False),  # generate.py's Llama-3.2-1B decode (512 + 0-256 tokens)
-         (256, 1, 12, 1024, 576, 512, False), (256, 1, 12, 1024, 384, 384, False)]
+         (256, 1, 12, 1024, 576, 512, False), (256, 1, 12, 1024, 384, 384, False),
+         (256, 1, 32, 2048, 320, 256, False), (128, 2, 16, 1024, 320, 256, False)]  # 32-row tiles at a narrow width
 
 
 def apply_edits(path: Path, edits: list[tuple[str, str]], what: str, every: bool = False) -> None:
