@@ -1118,10 +1118,6 @@ VARIANTS["rows32_two_cta"] = [
   if constexpr (DQK <= kTwoCtaMaxDqk) {
     if (p.rows <= 16) {"""),
 ]
-# Before/after for the next request's first pages (session 28): with two buffer sets (d_qk <= 320) the tree's last
-# pair of a request copies the next request's first pair into the set it leaves free; this variant leaves every
-# request's first copies to its own prologue, as before.
-VARIANTS["next_pages_in_prologue"] = [(WG, "const bool copy_next = NS == 2 && n > 0 && next_n > 0;", "const bool copy_next = false;")]
 FM_FILE = "sm90/decode/dense/splitkv_mla.cuh"
 FM_VARIANTS: dict[str, list[tuple[str, str, str]]] = {  # the same ablations in FlashMLA's dense decode (every occurrence)
     "fm": [],

@@ -5,9 +5,7 @@
 // One CTA = (scheduler part, kv head, 64 query rows), two warpgroups, page buffers K0 and K1 in shared
 // memory (64-column slabs with the 128-byte swizzle wgmma reads; each slab a TMA copy with its own
 // mbarrier). Where they fit (d_qk <= 320) there are two sets of K0/K1: pair p uses set p & 1 and its
-// refills load pair p + 2, so a page lands a whole pair before its S (320/256 at h_q=32: 61 -> 56 us, H200);
-// a request's last pair copies the next request's first pair into the set it leaves free (and that request
-// counts its pairs from that set), so a part's requests after its first start on pages already copied.
+// refills load pair p + 2, so a page lands a whole pair before its S (320/256 at h_q=32: 61 -> 56 us, H200).
 // Pages go in pairs: warpgroup 0 scores page a (in K0), warpgroup 1 page b (in K1), each
 // S = Q K^T over all 64 keys (m64n64). Warpgroup w owns output columns [w*DV/2, (w+1)*DV/2) in registers
 // and multiplies both pages' P with its half of V: its own page's P from registers, the other page's
@@ -151,7 +149,6 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
   }
   __syncthreads();
   uint32_t phase = 0;  // bit `set`: parity of this warpgroup's slab barriers in that set, one completion per page
-  int pre = -1;  // two buffer sets: the set the previous request's last pair copied this request's first pair into
 
   // Q of request r: thread tid copies 16-byte chunk (tid & 7) of rows (tid >> 3) and (tid >> 3) + 32 of every
   // slab. The last slab goes to P tile 0 (free between requests), from where the request's prologue moves it
@@ -190,18 +187,6 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
     const int last = req == end_req ? end_blk : nblk;
     const int n = last - first;
     const int split = req == begin_req ? begin_split : 0;
-    const int off = NS == 2 && pre >= 0 ? pre : 0;  // pair j of this request uses buffer set (j + off) % NS
-    const int last_set = NS == 2 && n > 0 ? (((n - 1) >> 1) + off) & 1 : 0;  // the set of its last pair
-    // With two buffer sets, this request's last pair copies the next request's first pair into the set it leaves
-    // free, so the next request's first S waits on no copy. Its length and page are read here, off that pair's path.
-    int next_page = -1, next_n = 0;
-    if constexpr (NS == 2) {
-      if (req < end_req) {
-        next_n = req + 1 == end_req ? end_blk : (p.seqlens[req + 1] + kPage - 1) / kPage;
-        if (wg < next_n) next_page = p.block_table[static_cast<int64_t>(req + 1) * p.bt_stride + wg];
-      }
-    }
-    const bool copy_next = NS == 2 && n > 0 && next_n > 0;
 
 
     // Slabs [lo, hi) of cache page `page` into buffer w, one TMA copy per slab by one thread of the calling
@@ -272,14 +257,13 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
     for (int t = 0; t < NH / 2; ++t) o[t] = 0.f;
     float m_run[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
-    // Prologue: the first pair's pages (first + w) into buffer w of set `off` unless the previous request copied
-    // them already, and with two sets the second pair's into the other set, Q visible to both warpgroups, Q's last
-    // slab into registers (k16 step kk: rows tr[0], tr[1]; columns c, c + 1 and c + 8, c + 9, so 16-byte chunks 2kk
-    // and 2kk + 1), S of the first pair.
+    // Prologue: page first + w into buffer w (and, with two sets, first + 2 + w into buffer 2 + w), Q visible to
+    // both warpgroups, Q's last slab into registers (k16 step kk: rows tr[0], tr[1]; columns c, c + 1 and c + 8,
+    // c + 9, so 16-byte chunks 2kk and 2kk + 1), S of the first pair.
 #pragma unroll
-    for (int j = 0; j < NS; ++j) {
-      const int blk = first + 2 * j + wg, set = NS == 2 ? (j + off) & 1 : 0;
-      if (2 * j < n && !(j == 0 && pre >= 0)) load_to(2 * set + wg, blk < last ? first_page[j] : -1, 0, SL);
+    for (int set = 0; set < NS; ++set) {
+      const int blk = first + 2 * set + wg;
+      if (2 * set < n) load_to(2 * set + wg, blk < last ? first_page[set] : -1, 0, SL);
     }
     cp_async_wait<0>();
     fence_proxy_async();
@@ -293,10 +277,10 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
     if (n > 0) {
       if (wg == 0) {
 #pragma unroll
-        for (int sl = 0; sl < SL; ++sl) score_slab(off, sl, sl == 0);
-        phase ^= 1u << off;
+        for (int sl = 0; sl < SL; ++sl) score_slab(0, sl, sl == 0);
+        phase ^= 1;
       } else {
-        score_page_wg1(off);
+        score_page_wg1(0);
       }
       wgmma_wait<0>();
       fence_regs(s);
@@ -426,7 +410,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
     auto pair = [&](int pa, auto warpgroup, auto last_pair, auto has_b, auto refill) {
       constexpr int W = decltype(warpgroup)::value;
       constexpr bool LAST = decltype(last_pair)::value, B = decltype(has_b)::value, R = decltype(refill)::value;
-      const int cur = NS == 2 ? ((pa >> 1) + off) & 1 : 0;  // this pair's buffer set
+      const int cur = NS == 2 ? (pa >> 1) & 1 : 0;  // this pair's buffer set
       const int blk_a = first + pa, blk_b = blk_a + 1, nxt = NS == 2 ? cur ^ 1 : cur;
       const uint32_t dv_half0 = dv0 + cur * kSetDesc, dv_half1 = dv1 + cur * kSetDesc;
       // The next pair's pages, read now so the block-table latency is not in front of their copies.
@@ -448,10 +432,6 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
         wgmma_wait<0>();
         fence_regs(o);
         bar_wait(kScale1);  // warpgroup 1's max and the factor from page a's max to it
-        // Both warpgroups are past the pair before, the last reader of set nxt: the next request's page a into it.
-        if constexpr (LAST) {
-          if (copy_next) load_to(2 * nxt, next_page, 0, SL);
-        }
         float f1[2];
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
@@ -481,9 +461,6 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
         // barrier but sinks the max reduction below it: nothing orders arithmetic before a bar.sync).
         if constexpr (B) mask_rowmax(blk_b, mx, LAST || p.causal);
         bar_wait(kScale0);  // page a's max and the factor to it
-        if constexpr (LAST) {
-          if (copy_next) load_to(2 * nxt + 1, next_page, 0, SL);  // the next request's page b, as warpgroup 0 above
-        }
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           f0[e] = s_scale[tr[e]];
@@ -594,13 +571,13 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
       }
     }
     if (n_split == 1) {
-      // O in T through shared memory (this warpgroup's page buffer of the last pair's set, free now), by stmatrix as in store_p but in
+      // O in T through shared memory (this warpgroup's page buffer, free now), by stmatrix as in store_p but in
       // rows padded by 16 bytes (a matrix's 8 rows fall in different banks), then one bulk copy per valid row of
       // this warpgroup's columns: whole lines, and the CTA waits only until shared memory has been read.
       // Per-thread 4-byte stores of O had cost about 4 us per 64-row request (H200, b=1056 x 128 tokens, h_q=128).
       constexpr uint32_t kRowBytes = NH * sizeof(T) + 16;
       static_assert(64 * kRowBytes <= TL::kTileBytes, "O staging fits in one page buffer");
-      const uint32_t stage = k_addr(2 * last_set + wg);  // the set the next request's first pages are not copied into
+      const uint32_t stage = k_addr(wg);
       const uint32_t st_row = stage + stm_row * kRowBytes + (lane >> 4) * 16;
 #pragma unroll
       for (int t = 0; t < NH / 8; t += 2) {
@@ -622,7 +599,6 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(const __grid_c
       }
     }
     __syncthreads();  // the page buffers, P and the sums are reused by the next request of this part
-    pre = copy_next ? last_set ^ 1 : -1;
   }
 }
 
