@@ -329,9 +329,9 @@ VARIANTS["next_l2"] = half_prefetch() + next_request_to_l2("gridDim.x != 1 || wt
 VARIANTS["next_l2_t0"] = half_prefetch() + next_request_to_l2("mt != 0 || wt != 0", ASK_TMA)
 VARIANTS["next_l2_lsu"] = half_prefetch() + next_request_to_l2("gridDim.x != 1", ASK_LSU, LINES)
 # Before/after for the combine kernel's loads (session 28): the combine before, which read the pieces' log-sum-exps
-# three times and the first pair of partials only after both reductions. The text it replaces is read from the
-# tree, from the first pair's comment to the output stores. Call 28-1 (all cases, best of 3, the tool's flush): the
-# tree's combine 0.3% faster on the geometric mean (64 x h_q=16 x ~2082 varlen 59.5 -> 58.6 us, 320/256 h_q=32 x ~711
+# three times and the first pair of partials only after both reductions. The text it replaces, and the kernel's
+# head before it (for the older combine candidates below), are read from the tree. Call 28-1 (all cases, best of 3,
+# the tool's flush): the tree's combine 0.3% faster on the geometric mean (64 x h_q=16 x ~2082 varlen 59.5 -> 58.6 us, 320/256 h_q=32 x ~711
 # varlen 53.8 -> 52.8, 320/256 h_q=9 54.1 -> 53.7; cases without split requests within 0.4%). Session 16's
 # `combine_fm` (below) moved the first load the same way but read each lse through shared memory, one piece in flight.
 COMBINE_STORE = "#pragma unroll\n  for (int k = 0; k < kChunks; ++k) {\n    const int c = lane * 4 + k * 128;\n    if (c < DV) *"
@@ -371,64 +371,20 @@ COMBINE_PREV = """  float mx = -INFINITY;
 """
 
 
-def combine_loads_text() -> str:
-    """The tree's combine text from its partial loads to its output stores (what `combine_prev` replaces)."""
+def combine_text(start: str, end: str) -> str:
+    """The tree's combine kernel text from `start` up to (not including) the next `end`."""
     text = (ROOT / "kernels" / COMBINE).read_text()
-    start = text.index("  // Lane l owns columns 4l + 128k. The loads")
-    return text[start:text.index(COMBINE_STORE, start)]
+    i = text.index(start)
+    return text[i:text.index(end, i)]
 
 
-VARIANTS["combine_prev"] = [(COMBINE, combine_loads_text(), COMBINE_PREV)]
+COMBINE_LOADS = "  // Lane l owns columns 4l + 128k. The loads"
+VARIANTS["combine_prev"] = [(COMBINE, combine_text(COMBINE_LOADS, COMBINE_STORE), COMBINE_PREV)]
+COMBINE_HEAD = combine_text("constexpr int kCombineWarps = 8;", COMBINE_LOADS)  # the kernel up to its partial loads
 # The combine kernel as FlashMLA's does it: the first piece loaded before the log-sum-exp, each lse read from global
 # memory once into shared memory and turned into its weight there, the next piece loaded while one is summed.
 VARIANTS["combine_fm"] = VARIANTS["combine_prev"] + [
-    (COMBINE, """constexpr int kCombineWarps = 8;
-template <typename T, int DV>
-__global__ void __launch_bounds__(kCombineWarps * 32) mla_combine_kernel(const __grid_constant__ MlaParams p) {
-  const int req = blockIdx.x;
-  const int lane = threadIdx.x & 31;
-  const int gr = blockIdx.y * kCombineWarps + (threadIdx.x >> 5);
-  const int base = p.num_splits[req], n = p.num_splits[req + 1] - base;  // written before the decode grid
-  if (n <= 1 || gr >= p.h_kv * p.rows) return;
-  asm volatile("griddepcontrol.wait;\\n" ::: "memory");
-  const int h = gr / p.rows, qrow = gr % p.rows;
-  auto row_id = [&](int s) { return (static_cast<int64_t>(base + s) * p.h_kv + h) * p.rows + qrow; };
-  float mx = -INFINITY;
-  for (int s = lane; s < n; s += 32) mx = fmaxf(mx, p.lse_acc[row_id(s)]);
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
-  float sum = 0.f;
-  if (mx != -INFINITY)
-    for (int s = lane; s < n; s += 32) sum += __expf(p.lse_acc[row_id(s)] - mx);
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
-  const bool empty = mx == -INFINITY;
-  const float lse = empty ? INFINITY : mx + __logf(sum);
-  const int i = qrow / p.g, hq = h * p.g + qrow % p.g;
-  T* dst = static_cast<T*>(p.out) + ((static_cast<int64_t>(req) * p.s_q + i) * p.h_q + hq) * DV;
-  // Lane l owns columns 4l + 128k: all of a piece's loads for this row are issued before they are summed.
-  constexpr int kChunks = (DV + 127) / 128;
-  float4 acc[kChunks];
-#pragma unroll
-  for (int k = 0; k < kChunks; ++k) acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 2
-  for (int s = 0; s < n && !empty; ++s) {
-    const float w = __expf(p.lse_acc[row_id(s)] - lse);
-    const float* src = p.o_acc + row_id(s) * DV;
-#pragma unroll
-    for (int k = 0; k < kChunks; ++k) {
-      const int c = lane * 4 + k * 128;
-      if (c >= DV) continue;
-      const float4 v = *reinterpret_cast<const float4*>(src + c);
-      acc[k].x += w * v.x;
-      acc[k].y += w * v.y;
-      acc[k].z += w * v.z;
-      acc[k].w += w * v.w;
-    }
-  }
-#pragma unroll
-  for (int k = 0; k < kChunks; ++k) {
-    const int c""",
+    (COMBINE, COMBINE_HEAD + COMBINE_PREV + COMBINE_STORE[:COMBINE_STORE.index(" = lane")],
      """// As FlashMLA's combine does, the first piece's partial is loaded before the log-sum-exp, whose inputs are read
 // from global memory once (into shared memory, then turned into each piece's weight there), and every later
 // piece's partial is loaded while the one before is summed.
