@@ -27,7 +27,7 @@ SHAPES = [  # lens, s_q, h_q, h_kv, d_qk, d_v, causal
     ([1000] * 300, 1, 12, 1, 320, 256, True),
     ([1000, 3, 700], 2, 64, 1, 320, 256, True),  # two row tiles, two buffer sets
     ([64, 1, 20], 1, 32, 1, 320, 256, False),  # a table of 3 columns: the prologue's 4th entry is past it
-    ([0, 64, 700, 0, 1, 130] * 50, 1, 32, 1, 320, 256, True),  # parts of several requests: the next one's pages copied early
+    ([0, 64, 700, 0, 1, 130] * 50, 1, 32, 1, 320, 256, True),  # parts of several requests, two buffer sets
 ]
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def test_grid_576_512_bf16(b, s_q, s_k, heads, varlen, causal):
 @pytest.mark.parametrize("d_qk,d_v", SUPPORTED_DIMS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 # (3, 2, 64, 900) and (2, 3, 64, 500): two and three 64-row tiles of a part reading the same pages. (300, 1, 32, 700):
-# parts of several requests on the 64-row tile, whose requests at d_qk <= 320 start on pages the one before copied.
+# parts of several requests on the 64-row tile (with two buffer sets at d_qk <= 320).
 @pytest.mark.parametrize("b,s_q,h_q,s_k", [(5, 1, 9, 1000), (3, 2, 12, 300), (2, 1, 64, 2000), (4, 4, 16, 70), (300, 1, 12, 700),
                                           (3, 2, 64, 900), (2, 3, 64, 500), (300, 1, 32, 700)])
 @pytest.mark.parametrize("hint", [True, False], ids=["two-cta-schedule", "default-schedule"])
@@ -136,8 +136,8 @@ def test_gpu_scheduler_is_flashmla_packing(b, h_q, d_qk):
 
 def test_decode_on_the_equal_span_schedule():
     """The torch-side scheduler (used beyond the GPU scheduler's batch limit) also drives the cuda kernels. On its 5
-    parts each part decodes several requests, empty and one-page ones among them: at 320/256 and 256/256 (64-row
-    tile, two buffer sets) a request's last pair copies the next one's first pages."""
+    parts each part decodes several requests, empty and one-page ones among them, at 576/512 and on the 64-row tile's
+    two buffer sets (320/256, 256/256)."""
     for h_q, d_qk, d_v in ((16, 576, 512), (128, 576, 512), (32, 320, 256), (64, 256, 256)):
         case = make_case([0, 3000, 64, 4097, 1, 700, 0, 130], 1, h_q, 1, d_qk, torch.bfloat16, "cuda", seed=h_q)
         _compare(case, d_v, causal=True, metadata=schedule(case.cache_seqlens, 5))
