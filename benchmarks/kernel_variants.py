@@ -1060,10 +1060,9 @@ VARIANTS["rows32_mma16"] = [
 ]
 # Tiles of 17-32 rows at d_qk <= 320 (320/256 h_q=32) as one 32-row mma.sync CTA per part, two CTAs per SM on a
 # schedule of twice the parts (as 16-row tiles run), instead of one 64-row wgmma tile with half its rows padding
-# on one CTA per SM. The scheduler takes the variant's limits only where the variant is the first one named, so it
-# is timed alone against the tree alone. Call 28-3 (best of 3, the tool's flush): 320/256 h_q=32 x ~711 varlen
-# 52.3 -> 62.0 us, x 2048 107.5 -> 107.9, s_q=2 h_q=16 x 1024 35.4 -> 47.1; after a clean flush 52.2 -> 60.9,
-# 97.5 -> 107.1, 34.5 -> 46.1. Not kept: the 32-row mma.sync tile is slower than the padded wgmma tile.
+# on one CTA per SM. Call 28-3 (best of 3, the tool's flush; each build timed alone, as kernel_variants.py then took
+# every variant's part count from the first one named): 320/256 h_q=32 x ~711 varlen 52.3 -> 62.0 us, x 2048
+# 107.5 -> 107.9, s_q=2 h_q=16 x 1024 35.4 -> 47.1; after a clean flush 52.2 -> 60.9, 97.5 -> 107.1, 34.5 -> 46.1. Not kept: the 32-row mma.sync tile is slower than the padded wgmma tile.
 VARIANTS["rows32_two_cta"] = [
     ("limits.py", "TWO_CTA_MAX_ROWS = 16", "TWO_CTA_MAX_ROWS = 32"),
     (DISPATCH, """  static_assert(kTwoCtaMaxRows == 16 && kQTileRows == 64, "16-row mma.sync tiles, then 64-row tiles");
@@ -1174,6 +1173,20 @@ def finish_builds(jobs: dict[str, subprocess.Popen], args: argparse.Namespace, e
     return built
 
 
+def variant_scheduler(name: str, work: Path):
+    """Variant `name`'s own kernels/scheduler.py (so its limits.py's part count), imported as a package of its own.
+
+    Only scheduler.py and the limits.py it imports are loaded (not kernels/__init__), so the copies do not meet.
+    """
+    pkg = f"kv_sched_{name}"
+    for key in [k for k in sys.modules if k == pkg or k.startswith(pkg + ".")]:  # an earlier copy of this variant
+        del sys.modules[key]
+    package = importlib.util.module_from_spec(importlib.util.spec_from_loader(pkg, loader=None, is_package=True))
+    package.__path__ = [str(work / name / "mlabatch" / "kernels")]
+    sys.modules[pkg] = package
+    return importlib.import_module(f"{pkg}.scheduler")
+
+
 def load_ours(name: str, so: Path):
     """Import variant `name`'s built extension from `so` under its own module name."""
     spec = importlib.util.spec_from_file_location(module_name(name), so)
@@ -1232,8 +1245,7 @@ def main() -> None:
         tool.ARGS = argparse.Namespace(flashmla=str(make_fm(fm, args.flashmla_src, args.work)))
         fm_mod = tool.build_flashmla()
     exts = {n: load_ours(n, so) for n, so in finish_builds(jobs, args, emit).items()}
-    sys.path.insert(0, str(args.work / names[0]))
-    from mlabatch.kernels import scheduler  # the reference variant's copy (the part count is every variant's)
+    schedulers = {n: variant_scheduler(n, args.work) for n in names}  # each variant's part count (its limits.py)
 
     flush = torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
     if args.clean_flush:
@@ -1250,8 +1262,8 @@ def main() -> None:
         lens = torch.normal(float(s_k), s_k / 2, (b,), generator=gen).clamp(min=s_q).int().tolist() if varlen else [s_k] * b
         q, kc, tb, ln = tool.make(b, s_q, h_q, 1, lens, d, poison=False)
         scale = d**-0.5
-        parts = scheduler.num_sm_parts(scheduler.device_num_sms(q.device), s_q * h_q, 1, d)
-        sched = {n: e.mla_metadata(ln, parts) for n, e in exts.items()}  # each variant's own schedule
+        sms = schedulers[names[0]].device_num_sms(q.device)
+        sched = {n: e.mla_metadata(ln, schedulers[n].num_sm_parts(sms, s_q * h_q, 1, d)) for n, e in exts.items()}
         calls = {n: (lambda e, m: lambda: e.mla_decode(q, kc, tb, ln, dv, *m, scale, True))(e, sched[n]) for n, e in exts.items()}
         ref = calls[names[0]]()[0].float()
         diff = {n: float((c()[0].float() - ref).abs().max()) for n, c in calls.items()}

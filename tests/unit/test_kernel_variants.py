@@ -32,6 +32,16 @@ def test_variant_edits_apply(tmp_path: Path, name: str) -> None:
         assert ((kernels / f).read_text() == (ROOT / "kernels" / f).read_text()) == (f not in changed)
 
 
+def test_each_variant_schedules_with_its_own_limits(tmp_path: Path) -> None:
+    for name in ("base", "rows32_two_cta"):
+        kernel_variants.make_ours(name, tmp_path)
+    base = kernel_variants.variant_scheduler("base", tmp_path)
+    rows32 = kernel_variants.variant_scheduler("rows32_two_cta", tmp_path)
+    # 32 query rows at d_qk 320: one CTA per SM in the tree, two in rows32_two_cta, whose limits.py says so
+    assert rows32.num_sm_parts(132, 32, 1, 320) == 2 * base.num_sm_parts(132, 32, 1, 320) == 264
+    assert rows32.num_sm_parts(132, 32, 1, 576) == base.num_sm_parts(132, 32, 1, 576) == 132
+
+
 def test_an_edit_that_no_longer_applies_names_the_variant(tmp_path: Path) -> None:
     (tmp_path / "f.cuh").write_text("int a;\n")
     with pytest.raises(SystemExit, match="stale: expected one 'int b;'"):
