@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -85,13 +84,7 @@ def main() -> None:
     variants = load_module("kernel_variants", Path(__file__).with_name("kernel_variants.py"))
     from mlabatch.kernels import flash_mla_with_kvcache, get_mla_metadata
 
-    out = args.out.open("w") if args.out else None
-
-    def emit(**r) -> None:
-        print(json.dumps(r), flush=True)
-        if out:
-            out.write(json.dumps(r) + "\n")
-
+    emit = variants.Log(args.out)
     dirty = torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
     flushes = {"tool": dirty, "clean": variants.CleanFlush(dirty)}
     src = torch.empty(1 << 30, dtype=torch.bfloat16, device="cuda")
@@ -100,8 +93,7 @@ def main() -> None:
     del src, dst
     emit(event="copy", device=torch.cuda.get_device_name(), GBps=round(copy_gbps), read_block=args.block)
     for b, s_q, h_q, s_k, d, dv, varlen in CASES:
-        gen = torch.Generator().manual_seed(b + s_k + h_q)  # the tool's lengths for this case
-        lens = torch.normal(float(s_k), s_k / 2, (b,), generator=gen).clamp(min=s_q).int().tolist() if varlen else [s_k] * b
+        lens = variants.tool_lens(b, s_q, h_q, s_k, varlen)
         q, kc, tb, ln = tool.make(b, s_q, h_q, 1, lens, d, poison=False)
         tot = float(sum(lens))
         nbytes = 2 * (tot * d + b * s_q * h_q * (d + dv))  # the tool's bytes for this case

@@ -331,8 +331,9 @@ VARIANTS["next_l2_lsu"] = half_prefetch() + next_request_to_l2("gridDim.x != 1",
 # Before/after for the combine kernel's loads (session 28): the combine before, which read the pieces' log-sum-exps
 # three times and the first pair of partials only after both reductions. The text it replaces, and the kernel's
 # head before it (for the older combine candidates below), are read from the tree. Call 28-1 (all cases, best of 3,
-# the tool's flush): the tree's combine 0.3% faster on the geometric mean (64 x h_q=16 x ~2082 varlen 59.5 -> 58.6 us, 320/256 h_q=32 x ~711
-# varlen 53.8 -> 52.8, 320/256 h_q=9 54.1 -> 53.7; cases without split requests within 0.4%). Session 16's
+# the tool's flush): the tree's combine 0.3% faster on the geometric mean (64 x h_q=16 x ~2082 varlen 59.5 -> 58.6
+# us, 320/256 h_q=32 x ~711 varlen 53.8 -> 52.8, 320/256 h_q=9 54.1 -> 53.7; cases without split requests within
+# 0.4%). Session 16's
 # `combine_fm` (below) moved the first load the same way but read each lse through shared memory, one piece in flight.
 COMBINE_STORE = "#pragma unroll\n  for (int k = 0; k < kChunks; ++k) {\n    const int c = lane * 4 + k * 128;\n    if (c < DV) *"
 COMBINE_PREV = """  float mx = -INFINITY;
@@ -1062,7 +1063,8 @@ VARIANTS["rows32_mma16"] = [
 # schedule of twice the parts (as 16-row tiles run), instead of one 64-row wgmma tile with half its rows padding
 # on one CTA per SM. Call 28-3 (best of 3, the tool's flush; each build timed alone, as kernel_variants.py then took
 # every variant's part count from the first one named): 320/256 h_q=32 x ~711 varlen 52.3 -> 62.0 us, x 2048
-# 107.5 -> 107.9, s_q=2 h_q=16 x 1024 35.4 -> 47.1; after a clean flush 52.2 -> 60.9, 97.5 -> 107.1, 34.5 -> 46.1. Not kept: the 32-row mma.sync tile is slower than the padded wgmma tile.
+# 107.5 -> 107.9, s_q=2 h_q=16 x 1024 35.4 -> 47.1; after a clean flush 52.2 -> 60.9, 97.5 -> 107.1, 34.5 -> 46.1.
+# Not kept: the 32-row mma.sync tile is slower than the padded wgmma tile.
 VARIANTS["rows32_two_cta"] = [
     ("limits.py", "TWO_CTA_MAX_ROWS = 16", "TWO_CTA_MAX_ROWS = 32"),
     (DISPATCH, """  static_assert(kTwoCtaMaxRows == 16 && kQTileRows == 64, "16-row mma.sync tiles, then 64-row tiles");
@@ -1131,6 +1133,16 @@ def make_fm(tag: str, flashmla: Path, work: Path) -> Path:
     shutil.copytree(flashmla / "csrc", root / "csrc")
     apply_variant(root / "csrc", FM_VARIANTS[tag], tag, every=True)
     return root
+
+
+def tool_lens(b: int, s_q: int, h_q: int, s_k: int, varlen: bool) -> list[int]:
+    """The lengths the side-by-side tool draws for one of its cases (its seed and distribution)."""
+    import torch
+
+    if not varlen:
+        return [s_k] * b
+    gen = torch.Generator().manual_seed(b + s_k + h_q)
+    return torch.normal(float(s_k), s_k / 2, (b,), generator=gen).clamp(min=s_q).int().tolist()
 
 
 class Log:
@@ -1258,8 +1270,7 @@ def main() -> None:
     cases = [CASES[int(i)] for i in args.cases.split(",")] if args.cases else CASES
     logs: dict[str, list[float]] = {}
     for b, s_q, h_q, s_k, d, dv, varlen in cases:
-        gen = torch.Generator().manual_seed(b + s_k + h_q)  # the tool's lengths for this case
-        lens = torch.normal(float(s_k), s_k / 2, (b,), generator=gen).clamp(min=s_q).int().tolist() if varlen else [s_k] * b
+        lens = tool_lens(b, s_q, h_q, s_k, varlen)
         q, kc, tb, ln = tool.make(b, s_q, h_q, 1, lens, d, poison=False)
         scale = d**-0.5
         sms = schedulers[names[0]].device_num_sms(q.device)
