@@ -1050,12 +1050,7 @@ VARIANTS["mc_launch_only"] = MC_CLUSTERS
 # the policy and 81% without.
 DISPATCH = "csrc/mla_dispatch.cuh"
 VARIANTS["page_evict_normal"] = [
-    (COMBINE, "++sl) cp_async16_page(dst + ld_dst[pass] + sl * SR * 128,", "++sl) cp_async16(dst + ld_dst[pass] + sl * SR * 128,"),
-]
-# Before/after for the mma.sync kernel's half-page ring slots (session 29): whole-page slots everywhere, as before.
-# Only 320/256 with two CTAs per SM changes (2 page slots, one page in flight, against 5 half-page slots, 1.5 pages).
-VARIANTS["page_slots"] = [
-    (COMBINE, "kSlotsPerPage = kHalfSlots > 2 * kWholeSlots ? 2 : 1;", "kSlotsPerPage = 1;"),
+    (COMBINE, "++sl) cp_async16_page(dst + ld_dst[pass] + sl * kPage * 128,", "++sl) cp_async16(dst + ld_dst[pass] + sl * kPage * 128,"),
 ]
 # Tiles of 17-32 rows at narrow widths (320/256 h_q=32) as two 16-row mma.sync CTAs per SM (one per row tile, the
 # same parts) instead of one 64-row wgmma tile with half its rows padding. Call 27-2: 320/256 h_q=32 x ~711 varlen

@@ -2,7 +2,7 @@
 // for d_v 192) and the log-sum-exp combine kernel. Everything else runs mla_decode_wgmma.cuh (mla_dispatch.cuh).
 //
 // One CTA = (scheduler part, kv head, tile of M = 16*R query rows). The part's kPage-token pages stream
-// through a cp.async ring in shared memory (slots of whole or half pages, 64-column slabs, XOR-swizzled rows). Warps form
+// through a multi-stage cp.async ring in shared memory (64-column slabs, XOR-swizzled rows). Warps form
 // an R x 4 grid: warp (r, c) computes S for rows 16r.. and keys 16c.. of each page, the 4 warps of a
 // row group exchange row maxima and bf16 probabilities through shared memory, and warp (r, c)
 // accumulates output columns [c*DV/4, (c+1)*DV/4) for its rows in fp32 registers (online softmax,
@@ -120,33 +120,23 @@ struct Tile {
   static constexpr int kPBytes = M * kPage * 2;
   static constexpr int kRedBytes = 2 * kColWarps * M * 4;
   static constexpr int kFree = (kSmemLimit / kCtasPerSm - 1024 * (kCtasPerSm - 1)) - kQBytes - kPBytes - kRedBytes;
-  // The ring's slots hold whole pages, or half pages where that puts more of them in flight: a CTA computes on
-  // one page while the rest of the ring loads, so 2.5 pages of room (320/256, two CTAs per SM) keep 1.5 pages
-  // in flight as five half-page slots, against one as two page slots.
-  static constexpr int kWholeSlots = kFree / kBlockBytes >= 4 ? 4 : kFree / kBlockBytes;
-  static constexpr int kHalfSlots = kFree / (kBlockBytes / 2) >= 8 ? 8 : kFree / (kBlockBytes / 2);
-  static constexpr int kSlotsPerPage = kHalfSlots > 2 * kWholeSlots ? 2 : 1;
-  static constexpr int kSlots = kSlotsPerPage == 2 ? kHalfSlots : kWholeSlots;
-  static constexpr int kSlotRows = kPage / kSlotsPerPage;
-  static constexpr int kSlotBytes = kBlockBytes / kSlotsPerPage;
-  static constexpr int kSmem = kQBytes + kSlots * kSlotBytes + kPBytes + kRedBytes;
+  static constexpr int kStages = kFree / kBlockBytes >= 4 ? 4 : kFree / kBlockBytes;
+  static constexpr int kSmem = kQBytes + kStages * kBlockBytes + kPBytes + kRedBytes;
   static constexpr int kColsPerWarp = DV / kColWarps;
   static constexpr int kNTiles = kColsPerWarp / 8;
-  static_assert(kSlots >= 2 * kSlotsPerPage, "shared memory too small for two pages");
-  static_assert(kSlotRows % (kThreads / 8) == 0 && kSlotRows % 16 == 0, "loader passes and 16-key steps fill a slot");
+  static_assert(kStages >= 2, "shared memory too small for two pages");
   static_assert(DQK % 64 == 0 && DV % 64 == 0 && DV <= DQK, "head dims must be multiples of 64");
 };
 
 template <typename T, int DQK, int DV, int R, int CTAS>
 __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV, R, CTAS>::kCtasPerSm) mla_decode_kernel(const __grid_constant__ MlaParams p) {
   using TL = Tile<DQK, DV, R, CTAS>;
-  constexpr int M = TL::M, NT = TL::kThreads, CH = TL::kChunks;
-  constexpr int H = TL::kSlots, F = TL::kSlotsPerPage, SR = TL::kSlotRows;  // ring slots, slots per page, rows per slot
+  constexpr int M = TL::M, NT = TL::kThreads, CH = TL::kChunks, S = TL::kStages;
   extern __shared__ __align__(128) unsigned char smem[];
   T* q_s = reinterpret_cast<T*>(smem);
   T* k_s = reinterpret_cast<T*>(smem + TL::kQBytes);
-  T* p_s = reinterpret_cast<T*>(smem + TL::kQBytes + H * TL::kSlotBytes);
-  float* red_max = reinterpret_cast<float*>(smem + TL::kQBytes + H * TL::kSlotBytes + TL::kPBytes);
+  T* p_s = reinterpret_cast<T*>(smem + TL::kQBytes + S * TL::kBlockBytes);
+  float* red_max = reinterpret_cast<float*>(smem + TL::kQBytes + S * TL::kBlockBytes + TL::kPBytes);
   float* red_sum = red_max + kColWarps * M;
 
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");  // let the combine grid launch early
@@ -170,29 +160,27 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
   const uint32_t q_base = smem_u32(q_s);
   const uint32_t k_base = smem_u32(k_s);
   const uint32_t p_base = smem_u32(p_s);
-  // a_ld: A operands (Q and P, both M-row tiles) at k step u of a slab; k_ld: K at k step u, in slot k_slot of a
-  // page; v_ld: V column tile np (offsets within a slot).
+  // a_ld: A operands (Q and P, both M-row tiles) at k step u of a slab; k_ld: K at k step u; v_ld: V column tile np.
   uint32_t a_ld[4], k_ld[4], v_ld[TL::kNTiles / 2];
-  const int k_slot = wc * 16 / SR;
 #pragma unroll
   for (int u = 0; u < 4; ++u) {
     a_ld[u] = 2 * slab_off(wr * 16 + (lane & 15), 2 * u + (lane >> 4), M);
-    k_ld[u] = 2 * slab_off((wc * 16 & (SR - 1)) + (lane & 7) + ((lane >> 4) << 3), 2 * u + ((lane >> 3) & 1), SR);
+    k_ld[u] = 2 * slab_off(wc * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * u + ((lane >> 3) & 1), kPage);
   }
 #pragma unroll
   for (int np = 0; np < TL::kNTiles / 2; ++np)
-    v_ld[np] = 2 * slab_off((lane & 7) + ((lane >> 3) & 1) * 8, (wc * TL::kColsPerWarp + np * 16) / 8 + (lane >> 4), SR);
-  static_assert(kPage == 64, "P V steps of 16 keys: 4 per page");
-  // The loaders' rows: thread tid copies chunk lch of every 64-column slab for row lrow (+ NT/8 per slot pass).
+    v_ld[np] = 2 * slab_off((lane & 7) + ((lane >> 3) & 1) * 8, (wc * TL::kColsPerWarp + np * 16) / 8 + (lane >> 4), kPage);
+  static_assert(kPage == 64, "P V steps of 16 keys: 4 per page, 1024 elements apart");
+  // The loaders' rows: thread tid copies chunk lch of every 64-column slab for row lrow (+ NT/8 per page pass).
   const int lch = tid & 7, lrow = tid >> 3;
-  constexpr int kLoadPasses = SR / (NT / 8);
+  constexpr int kLoadPasses = kPage / (NT / 8);
   int ld_row[kLoadPasses];
   uint32_t ld_dst[kLoadPasses];
 #pragma unroll
   for (int pass = 0; pass < kLoadPasses; ++pass) {
     const int row = lrow + pass * (NT / 8);
     ld_row[pass] = row * p.k_rs;
-    ld_dst[pass] = 2 * slab_off(row, lch, SR);
+    ld_dst[pass] = 2 * slab_off(row, lch, kPage);
   }
 
   // Q tile of request r: rows ordered (query i, head j of the group); rows past `rows` are zero. A request's Q
@@ -218,32 +206,29 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
     const int split = req == begin_req ? begin_split : 0;
     const int* bt = p.block_table + static_cast<int64_t>(req) * p.bt_stride;
 
-    // Slot j of this request's pages (page first + j / F, rows from (j % F) * SR; cache page `page`) into ring slot
-    // j % H, one commit group: rows past the sequence's end are zero-filled.
-    auto load_slot = [&](int j, int page) {
-      const int r0 = (j % F) * SR, valid = min(SR, len - (first + j / F) * kPage - r0);
-      const T* base = kg + static_cast<int64_t>(page) * p.k_bs + h * p.k_hs + r0 * p.k_rs + lch * 8;
-      const uint32_t dst = k_base + (j % H) * TL::kSlotBytes;
+    // Page blk (cache page `page`) into ring stage `stage`: rows past the sequence's end are zero-filled.
+    auto load_page = [&](int stage, int blk, int page) {
+      const int valid = min(kPage, len - blk * kPage);
+      const T* base = kg + static_cast<int64_t>(page) * p.k_bs + h * p.k_hs + lch * 8;
+      const uint32_t dst = k_base + stage * TL::kBlockBytes;
 #pragma unroll
       for (int pass = 0; pass < kLoadPasses; ++pass) {
         const bool ok = lrow + pass * (NT / 8) < valid;
         const T* src = base + (ok ? ld_row[pass] : 0);
 #pragma unroll
-        for (int sl = 0; sl < CH / 8; ++sl) cp_async16_page(dst + ld_dst[pass] + sl * SR * 128, src + sl * 64, ok ? 16 : 0);
+        for (int sl = 0; sl < CH / 8; ++sl) cp_async16_page(dst + ld_dst[pass] + sl * kPage * 128, src + sl * 64, ok ? 16 : 0);
       }
     };
-    // Slots 0 .. H - F - 1 first (a commit group each, empty past the request's pages); iteration it then waits
-    // for page it's slots with H - 2F groups still pending and refills the F slots page it - 1 left.
+    if (n > 0) load_page(0, first, bt[first]);
+    cp_async_commit();
 #pragma unroll
-    for (int j = 0; j < H - F; ++j) {
-      if (j / F < n) load_slot(j, bt[first + j / F]);
+    for (int s = 1; s < S - 1; ++s) {
+      if (s < n) load_page(s, first + s, bt[first + s]);
       cp_async_commit();
     }
-    // The block-table entries of the slots the next iteration loads, read one iteration early so their latency is
+    // The block-table entry of the page the next iteration loads, read one iteration early so its latency is
     // not in front of that iteration's copies.
-    int next_page[F];
-#pragma unroll
-    for (int f = 0; f < F; ++f) next_page[f] = (H - F + f) / F < n ? bt[first + (H - F + f) / F] : 0;
+    int next_page = S - 1 < n ? bt[first + S - 1] : 0;
 
     int lim[2];
 #pragma unroll
@@ -257,22 +242,12 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
     for (int it = 0; it < n; ++it) {
-      cp_async_wait<H - 2 * F>();
+      cp_async_wait<S - 2>();
       __syncthreads();
-#pragma unroll
-      for (int f = 0; f < F; ++f) {
-        const int j = F * it + H - F + f;
-        if (j / F < n) load_slot(j, next_page[f]);
-        cp_async_commit();
-      }
-#pragma unroll
-      for (int f = 0; f < F; ++f) {
-        const int j = F * (it + 1) + H - F + f;
-        if (j / F < n) next_page[f] = bt[first + j / F];
-      }
-      // Ring address of this page's slot f.
-      auto slot_of = [&](int f) { return k_base + ((F * it + f) % H) * TL::kSlotBytes; };
-      const uint32_t ks = slot_of(k_slot);
+      if (it + S - 1 < n) load_page((it + S - 1) % S, first + it + S - 1, next_page);
+      cp_async_commit();
+      if (it + S < n) next_page = bt[first + it + S];
+      const uint32_t kb = k_base + (it % S) * TL::kBlockBytes;
       const int blk = first + it;
 
       // S = Q K^T for rows 16*wr.., keys 16*wc.. of this page: even and odd k steps accumulate separately
@@ -288,7 +263,7 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
         for (int u = 0; u < 4; ++u) {
           uint32_t a[4], bq[4];
           ldsm_x4(a, q_base + a_ld[u] + sl * M * 128);
-          ldsm_x4(bq, ks + k_ld[u] + sl * SR * 128);
+          ldsm_x4(bq, kb + k_ld[u] + sl * kPage * 128);
           float(&acc)[2][4] = (u & 1) ? sc2 : sc;
           mma16816<T>(acc[0], a, bq[0], bq[1]);
           mma16816<T>(acc[1], a, bq[2], bq[3]);
@@ -355,11 +330,10 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
       for (int kk = 0; kk < kPage / 16; ++kk) {
         uint32_t a[4];
         ldsm_x4(a, p_base + a_ld[kk]);
-        const uint32_t vs = slot_of(kk * 16 / SR) + kk * 16 % SR * 128;
 #pragma unroll
         for (int np = 0; np < TL::kNTiles / 2; ++np) {
           uint32_t bv[4];
-          ldsm_x4_t(bv, vs + v_ld[np]);
+          ldsm_x4_t(bv, kb + v_ld[np] + kk * 16 * 128);
           mma16816<T>(o[2 * np], a, bv[0], bv[1]);
           mma16816<T>(o[2 * np + 1], a, bv[2], bv[3]);
         }
