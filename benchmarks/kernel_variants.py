@@ -1052,6 +1052,9 @@ DISPATCH = "csrc/mla_dispatch.cuh"
 VARIANTS["page_evict_normal"] = [
     (COMBINE, "++sl) cp_async16_page(dst + ld_dst[pass] + sl * kPage * 128,", "++sl) cp_async16(dst + ld_dst[pass] + sl * kPage * 128,"),
 ]
+# Before/after for the mma.sync kernel's Q fragments in registers (session 29): every S reads its Q fragments from
+# shared memory again, as before.
+VARIANTS["q_smem"] = [(COMBINE, "constexpr bool kQRegs = R <= 2;", "constexpr bool kQRegs = false;")]
 # Tiles of 17-32 rows at narrow widths (320/256 h_q=32) as two 16-row mma.sync CTAs per SM (one per row tile, the
 # same parts) instead of one 64-row wgmma tile with half its rows padding. Call 27-2: 320/256 h_q=32 x ~711 varlen
 # 53.0 -> 61.9 us after the tool's flush, 52.5 -> 60.3 after a clean one: 13-14% slower.

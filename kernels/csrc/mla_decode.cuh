@@ -230,6 +230,19 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
     // not in front of that iteration's copies.
     int next_page = S - 1 < n ? bt[first + S - 1] : 0;
 
+    // Tiles of up to 32 rows keep this warp's Q fragments (its 16 rows, every k step) in registers, read from shared
+    // memory once per request instead of once per page: Q is the A operand of every S, so its re-reads were a third
+    // of the loop's shared-memory reads. The 64-row tile (512 threads, 128 registers each) re-reads qf[0] per k step.
+    // Q's commit group is older than the S - 1 page groups above.
+    constexpr bool kQRegs = R <= 2;
+    uint32_t qf[kQRegs ? DQK / 16 : 1][4];
+    if constexpr (kQRegs) {
+      cp_async_wait<S - 1>();
+      __syncthreads();
+#pragma unroll
+      for (int k = 0; k < DQK / 16; ++k) ldsm_x4(qf[k], q_base + a_ld[k % 4] + k / 4 * M * 128);
+    }
+
     int lim[2];
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
@@ -261,8 +274,9 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
       for (int sl = 0; sl < DQK / 64; ++sl) {
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          uint32_t a[4], bq[4];
-          ldsm_x4(a, q_base + a_ld[u] + sl * M * 128);
+          uint32_t bq[4];
+          const uint32_t* a = qf[kQRegs ? sl * 4 + u : 0];
+          if constexpr (!kQRegs) ldsm_x4(qf[0], q_base + a_ld[u] + sl * M * 128);
           ldsm_x4(bq, kb + k_ld[u] + sl * kPage * 128);
           float(&acc)[2][4] = (u & 1) ? sc2 : sc;
           mma16816<T>(acc[0], a, bq[0], bq[1]);
