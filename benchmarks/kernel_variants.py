@@ -1053,8 +1053,18 @@ VARIANTS["page_evict_normal"] = [
     (COMBINE, "++sl) cp_async16_page(dst + ld_dst[pass] + sl * kPage * 128,", "++sl) cp_async16(dst + ld_dst[pass] + sl * kPage * 128,"),
 ]
 # Before/after for the mma.sync kernel's Q fragments in registers (session 29): every S reads its Q fragments from
-# shared memory again, as before.
+# shared memory again, as before. Call 29-2 (best of 5 after the tool's flush; best of 3 after a clean one): 320/256
+# h_q=9 x 1024 53.6 -> 52.8 us (46.1 -> 45.6 clean), 384/384 h_q=12 x 1024 62.8 -> 62.1 (54.8 -> 54.3); 576/512
+# h_q=12 (wgmma, unchanged) 94.8 / 94.6.
 VARIANTS["q_smem"] = [(COMBINE, "constexpr bool kQRegs = R <= 2;", "constexpr bool kQRegs = false;")]
+# The mma.sync kernel's S in four accumulator chains (one per k step of a slab) instead of two: with Q in registers an
+# S step is one ldmatrix and two mma, so the chains' mma latency may be what a page's S waits on.
+VARIANTS["s_chains4"] = [
+    (COMBINE, "      float sc[2][4], sc2[2][4];\n", "      float sc[2][4], sc2[2][4], sc3[2][4], sc4[2][4];\n"),
+    (COMBINE, "sc[t][e] = sc2[t][e] = 0.f;", "sc[t][e] = sc2[t][e] = sc3[t][e] = sc4[t][e] = 0.f;"),
+    (COMBINE, "float(&acc)[2][4] = (u & 1) ? sc2 : sc;", "float(&acc)[2][4] = u == 0 ? sc : u == 1 ? sc2 : u == 2 ? sc3 : sc4;"),
+    (COMBINE, "sc[t][e] += sc2[t][e];", "sc[t][e] += sc2[t][e] + sc3[t][e] + sc4[t][e];"),
+]
 # Tiles of 17-32 rows at narrow widths (320/256 h_q=32) as two 16-row mma.sync CTAs per SM (one per row tile, the
 # same parts) instead of one 64-row wgmma tile with half its rows padding. Call 27-2: 320/256 h_q=32 x ~711 varlen
 # 53.0 -> 61.9 us after the tool's flush, 52.5 -> 60.3 after a clean one: 13-14% slower.
