@@ -1058,7 +1058,8 @@ VARIANTS["page_evict_normal"] = [
 # h_q=12 (wgmma, unchanged) 94.8 / 94.6.
 VARIANTS["q_smem"] = [(COMBINE, "constexpr bool kQRegs = R <= 2;", "constexpr bool kQRegs = false;")]
 # The mma.sync kernel's S in four accumulator chains (one per k step of a slab) instead of two: with Q in registers an
-# S step is one ldmatrix and two mma, so the chains' mma latency may be what a page's S waits on.
+# S step is one ldmatrix and two mma, so the chains' mma latency may be what a page's S waits on. Call 29-3 (best of
+# 5): 320/256 h_q=9 x 1024 52.8 / 52.8 us, 384/384 h_q=12 61.8 / 61.7, the same after a clean flush: not kept.
 VARIANTS["s_chains4"] = [
     (COMBINE, "      float sc[2][4], sc2[2][4];\n", "      float sc[2][4], sc2[2][4], sc3[2][4], sc4[2][4];\n"),
     (COMBINE, "sc[t][e] = sc2[t][e] = 0.f;", "sc[t][e] = sc2[t][e] = sc3[t][e] = sc4[t][e] = 0.f;"),
