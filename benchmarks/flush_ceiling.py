@@ -4,9 +4,9 @@ number of bytes, on the tool's converted-width cases, after the tool's flush and
 Issue 17's bar for converted widths is a share of the copy bandwidth measured in the same run. The tool flushes L2
 with `zero_` of 512 MB before every timed replay, which leaves L2 full of dirty lines: a call's reads evict them, so
 their write-back shares the DRAM with the call. A read of the bytes the tool counts for a case, with nothing else to
-do, is a practical bound for a decode kernel there (the read's shape moves it by several points: `--block`). Same timer as the tool (`graphed`, `timed`: CUDA-graph replay,
-median of 30), same inputs (`make`, its lengths), copy bandwidth by its own formula in the same process, kernels in
-rotating order. The read is a Triton kernel (`--block` int32 per program, default 4096 = 16 KB; one sum written per
+do, is a practical bound for a decode kernel there (the read's shape moves it by several points: `--block`). Same
+timer as the tool (`graphed`, `timed`: CUDA-graph replay, median of 30), same inputs (`make`, its lengths), copy
+bandwidth by its own formula in the same process, kernels in rotating order. The read is a Triton kernel (`--block` int32 per program, default 4096 = 16 KB; one sum written per
 program).
 
 On the GPU machine, from the project root, with `.fmla/flashmla_side_by_side.py` (../shared/tools/README.md) and

@@ -333,8 +333,8 @@ VARIANTS["next_l2_lsu"] = half_prefetch() + next_request_to_l2("gridDim.x != 1",
 # head before it (for the older combine candidates below), are read from the tree. Call 28-1 (all cases, best of 3,
 # the tool's flush): the tree's combine 0.3% faster on the geometric mean (64 x h_q=16 x ~2082 varlen 59.5 -> 58.6
 # us, 320/256 h_q=32 x ~711 varlen 53.8 -> 52.8, 320/256 h_q=9 54.1 -> 53.7; cases without split requests within
-# 0.4%). Session 16's
-# `combine_fm` (below) moved the first load the same way but read each lse through shared memory, one piece in flight.
+# 0.4%). Session 16's `combine_fm` (below) moved the first load the same way but read each lse through shared
+# memory, one piece in flight.
 COMBINE_STORE = "#pragma unroll\n  for (int k = 0; k < kChunks; ++k) {\n    const int c = lane * 4 + k * 128;\n    if (c < DV) *"
 COMBINE_PREV = """  float mx = -INFINITY;
   for (int s = lane; s < n; s += 32) mx = fmaxf(mx, p.lse_acc[row_id(s)]);
