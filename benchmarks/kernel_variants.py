@@ -125,8 +125,8 @@ VARIANTS: dict[str, list[tuple[str, str, str]]] = {
     "cheap_exp": [(WG, SOFTMAX_EXP,
                    "s[t] = fmaf(s[t], p.scale_log2, -m_use[(t >> 1) & 1]) * 0.0001f + 0.5f;")],
     # Candidates (correct outputs). The slab wait with CUTLASS's suspend-time hint:
-    "hint": [(WG, "try_wait.parity.shared::cta.b64 P1, [%0], %1;", "try_wait.parity.shared::cta.b64 P1, [%0], %1, %2;"),
-             (WG, '::"r"(bar), "r"(phase) : "memory");', '::"r"(bar), "r"(phase), "r"(0x989680) : "memory");')],
+    "hint": [(COMBINE, "try_wait.parity.shared::cta.b64 P1, [%0], %1;", "try_wait.parity.shared::cta.b64 P1, [%0], %1, %2;"),
+             (COMBINE, '::"r"(bar), "r"(phase) : "memory");', '::"r"(bar), "r"(phase), "r"(0x989680) : "memory");')],
     # The pages of the pair after the one being refilled (pf2; pf4: two pairs after) prefetched into L2 by one bulk
     # prefetch per page (contiguous pages only), issued by warpgroup 0 at the top of each refilling pair (pf2_t0: by
     # row tile 0 only).
@@ -190,7 +190,7 @@ VARIANTS["expect_at_wait"] = [
           mbar_complete_tx(bar_of(w, sl), SB);
         }"""),
     (WG, SLAB_WAIT, "      if (wt == 0) mbar_expect(bar_of(2 * set + wg, sl), SB);\n" + SLAB_WAIT),
-    (WG, "// Each page is read once per CTA", COMPLETE_TX + "// Each page is read once per CTA"),
+    (COMBINE, "// Each page is read once per CTA", COMPLETE_TX + "// Each page is read once per CTA"),
 ]
 # The copying thread issues a call's copies first and raises their barriers' expected bytes after them.
 VARIANTS["expect_after_copies"] = [
@@ -480,7 +480,7 @@ CP_ASYNC4 = """__device__ __forceinline__ void cp_async4(uint32_t dst, const voi
 }
 // Each page is read once per CTA"""
 VARIANTS["meta_ahead"] = [
-    (WG, "// Each page is read once per CTA", CP_ASYNC4),
+    (COMBINE, "// Each page is read once per CTA", CP_ASYNC4),
     (WG, "bufs * kSlabs * 8; }", "bufs * kSlabs * 8 + (1 + bufs) * 4; }"),
     (WG, "  auto bar_of = [&](int w, int sl) { return bars + (w * SL + sl) * 8; };\n",
      "  auto bar_of = [&](int w, int sl) { return bars + (w * SL + sl) * 8; };\n"
@@ -1043,13 +1043,95 @@ VARIANTS["mc_count_only"] = MC_CLUSTERS + [counted_load_to(f"        if ({COUNT}
 # And the clusters alone (launch, counters' init, cluster barriers), every copy as in the tree's kernel.
 VARIANTS["mc_launch_only"] = MC_CLUSTERS
 
-# Before/after for the mma.sync kernel's page copies with L2 evict_first (session 27): the copies without a policy.
+# Before/after for the mma.sync kernel's page copies by TMA (session 30): each thread cp.async-copies 16-byte chunks
+# of every page (rows past the sequence's end zero-filled), and the ring's stages are cp.async commit groups.
+CP_ASYNC_PAGE = """// cp_async16 of a cache page's chunk, with that policy.
+__device__ __forceinline__ void cp_async16_page(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\\n" ::"r"(dst), "l"(src), "r"(src_bytes),
+               "l"(kL2EvictFirst));
+}
+"""
+VARIANTS["cp_async_pages"] = [
+    (COMBINE, "// Orders this thread's generic-proxy", CP_ASYNC_PAGE + "// Orders this thread's generic-proxy"),
+    (COMBINE, "  const T* qg = static_cast<const T*>(p.q);\n  // This thread's two rows",
+     "  const T* qg = static_cast<const T*>(p.q);\n  const T* kg = static_cast<const T*>(p.k);\n  // This thread's two rows"),
+    (COMBINE, """  // Q's loaders: thread tid copies chunk lch of every 64-column slab of row lrow.
+  const int lch = tid & 7, lrow = tid >> 3;
+""", """  const int lch = tid & 7, lrow = tid >> 3;
+  constexpr int kLoadPasses = kPage / (NT / 8);
+  int ld_row[kLoadPasses];
+  uint32_t ld_dst[kLoadPasses];
+#pragma unroll
+  for (int pass = 0; pass < kLoadPasses; ++pass) {
+    const int row = lrow + pass * (NT / 8);
+    ld_row[pass] = row * p.k_rs;
+    ld_dst[pass] = 2 * slab_off(row, lch, kPage);
+  }
+"""),
+    (COMBINE, """    auto load_page = [&](int stage, int page) {
+      if (tid != 0) return;
+      const uint32_t bar = bars + stage * 8;
+      mbar_expect(bar, TL::kBlockBytes);
+#pragma unroll
+      for (int sl = 0; sl < CH / 8; ++sl) tma_slab(k_base + stage * TL::kBlockBytes + sl * kPage * 128, &p.k_map, bar, sl * 64, h, page);
+    };
+""", """    auto load_page = [&](int stage, int blk, int page) {
+      const int valid = min(kPage, len - blk * kPage);
+      const T* base = kg + static_cast<int64_t>(page) * p.k_bs + h * p.k_hs + lch * 8;
+      const uint32_t dst = k_base + stage * TL::kBlockBytes;
+#pragma unroll
+      for (int pass = 0; pass < kLoadPasses; ++pass) {
+        const bool ok = lrow + pass * (NT / 8) < valid;
+        const T* src = base + (ok ? ld_row[pass] : 0);
+#pragma unroll
+        for (int sl = 0; sl < CH / 8; ++sl) cp_async16_page(dst + ld_dst[pass] + sl * kPage * 128, src + sl * 64, ok ? 16 : 0);
+      }
+    };
+"""),
+    (COMBINE, """#pragma unroll
+    for (int s = 0; s < S - 1; ++s)
+      if (s < n) load_page(s, tid == 0 ? bt[first + s] : 0);
+""", """    if (n > 0) load_page(0, first, bt[first]);
+    cp_async_commit();
+#pragma unroll
+    for (int s = 1; s < S - 1; ++s) {
+      if (s < n) load_page(s, first + s, bt[first + s]);
+      cp_async_commit();
+    }
+"""),
+    (COMBINE, "    int next_page = tid == 0 && S - 1 < n ?", "    int next_page = S - 1 < n ?"),
+    (COMBINE, """    cp_async_wait<0>();
+    __syncthreads();
+    if constexpr (kQRegs) {
+""", """    if constexpr (kQRegs) {
+      cp_async_wait<S - 1>();
+      __syncthreads();
+"""),
+    (COMBINE, """      __syncthreads();  // every warp is past page it - 1, whose stage the copy below refills
+      if (it + S - 1 < n) load_page((it + S - 1) % S, next_page);
+      if (tid == 0 && it + S < n) next_page = bt[first + it + S];
+      const int stage = it % S, blk = first + it;
+      mbar_wait(bars + stage * 8, (phase >> stage) & 1);
+      phase ^= 1u << stage;
+      if (len - blk * kPage < kPage) zero_tail(stage, blk);
+""", """      cp_async_wait<S - 2>();
+      __syncthreads();
+      if (it + S - 1 < n) load_page((it + S - 1) % S, first + it + S - 1, next_page);
+      cp_async_commit();
+      if (it + S < n) next_page = bt[first + it + S];
+      const int stage = it % S, blk = first + it;
+"""),
+    (COMBINE, "    }\n\n    // Epilogue: total row sums", "    }\n    cp_async_wait<0>();\n\n    // Epilogue: total row sums"),
+    (COMBINE, "    if (req < end_req) load_q(req + 1);  // every warp is past its last S, so the Q tile is free\n",
+     "    if (req < end_req) {\n      cp_async_wait<0>();\n      load_q(req + 1);\n    }\n"),
+]
+# Before/after for the mma.sync kernel's page copies with L2 evict_first (session 27): the cp.async copies without a policy.
 # Call 27-2 (the variant was the change then): after the tool's flush, 320/256 h_q=9 x 1024 54.6 -> 53.4 us and
 # 384/384 h_q=12 x 1024 63.6 -> 62.5 (best of 5), 1.8-2.3%; after a clean flush 0.2-0.4%; the other cases run the
 # wgmma kernel. flush_ceiling.py: a plain read of h_q=9's bytes reaches 85% of copy after the tool's flush with
 # the policy and 81% without.
 DISPATCH = "csrc/mla_dispatch.cuh"
-VARIANTS["page_evict_normal"] = [
+VARIANTS["page_evict_normal"] = VARIANTS["cp_async_pages"] + [
     (COMBINE, "++sl) cp_async16_page(dst + ld_dst[pass] + sl * kPage * 128,", "++sl) cp_async16(dst + ld_dst[pass] + sl * kPage * 128,"),
 ]
 # Before/after for the mma.sync kernel's Q fragments in registers (session 29): every S reads its Q fragments from

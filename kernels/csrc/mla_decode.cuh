@@ -2,7 +2,8 @@
 // for d_v 192) and the log-sum-exp combine kernel. Everything else runs mla_decode_wgmma.cuh (mla_dispatch.cuh).
 //
 // One CTA = (scheduler part, kv head, tile of M = 16*R query rows). The part's kPage-token pages stream
-// through a multi-stage cp.async ring in shared memory (64-column slabs, XOR-swizzled rows). Warps form
+// through a multi-stage ring in shared memory (64-column slabs, XOR-swizzled rows), one TMA copy per slab and one
+// mbarrier per stage. Warps form
 // an R x 4 grid: warp (r, c) computes S for rows 16r.. and keys 16c.. of each page, the 4 warps of a
 // row group exchange row maxima and bf16 probabilities through shared memory, and warp (r, c)
 // accumulates output columns [c*DV/4, (c+1)*DV/4) for its rows in fp32 registers (online softmax,
@@ -87,11 +88,28 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int sr
 // write-back shares DRAM with the page reads: H200, 320/256 and 384/384 at 1024 tokens 1.8-2.8% faster after the
 // side-by-side tool's flush (dirty L2), unchanged after a clean one (results md, twenty-seventh session).
 constexpr uint64_t kL2EvictFirst = 0x12F0000000000000ull;
-// cp_async16 of a cache page's chunk, with that policy.
-__device__ __forceinline__ void cp_async16_page(uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(dst), "l"(src), "r"(src_bytes),
-               "l"(kL2EvictFirst));
+// Orders this thread's generic-proxy shared-memory writes before later async-proxy (wgmma, TMA) accesses.
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// mbarriers (one per page stage or slab) and the TMA copy of one 64 x 64 slab of a page (p.k_map's box, 128-byte
+// swizzle: slab_off's layout).
+__device__ __forceinline__ void mbar_init(uint32_t bar) { asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar)); }
+__device__ __forceinline__ void mbar_expect(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) { asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory"); }
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t phase) {
+  asm volatile(
+      "{\n .reg .pred P1;\n LAB_WAIT:\n mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n @P1 bra DONE;\n bra LAB_WAIT;\n"
+      " DONE:\n }\n" ::"r"(bar), "r"(phase) : "memory");
+}
+// Each page is read once per CTA: the copy asks L2 to evict it first (kL2EvictFirst).
+__device__ __forceinline__ void tma_slab(uint32_t dst, const CUtensorMap* map, uint32_t bar, int col, int head, int page) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%3, %4, %5, %6}], [%2], %7;\n"
+      ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(col), "r"(0), "r"(head), "r"(page),
+      "l"(kL2EvictFirst) : "memory");
+}
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
@@ -119,9 +137,11 @@ struct Tile {
   static constexpr int kQBytes = M * DQK * 2;
   static constexpr int kPBytes = M * kPage * 2;
   static constexpr int kRedBytes = 2 * kColWarps * M * 4;
-  static constexpr int kFree = (kSmemLimit / kCtasPerSm - 1024 * (kCtasPerSm - 1)) - kQBytes - kPBytes - kRedBytes;
+  // Besides the stages: 1024 bytes to align the swizzled slabs, Q, P, the reductions, one mbarrier per stage (<= 4).
+  static constexpr int kFixed = 1024 + kQBytes + kPBytes + kRedBytes + 4 * 8;
+  static constexpr int kFree = (kSmemLimit / kCtasPerSm - 1024 * (kCtasPerSm - 1)) - kFixed;
   static constexpr int kStages = kFree / kBlockBytes >= 4 ? 4 : kFree / kBlockBytes;
-  static constexpr int kSmem = kQBytes + kStages * kBlockBytes + kPBytes + kRedBytes;
+  static constexpr int kSmem = kFixed + kStages * kBlockBytes;
   static constexpr int kColsPerWarp = DV / kColWarps;
   static constexpr int kNTiles = kColsPerWarp / 8;
   static_assert(kStages >= 2, "shared memory too small for two pages");
@@ -132,7 +152,9 @@ template <typename T, int DQK, int DV, int R, int CTAS>
 __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV, R, CTAS>::kCtasPerSm) mla_decode_kernel(const __grid_constant__ MlaParams p) {
   using TL = Tile<DQK, DV, R, CTAS>;
   constexpr int M = TL::M, NT = TL::kThreads, CH = TL::kChunks, S = TL::kStages;
-  extern __shared__ __align__(128) unsigned char smem[];
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const uint32_t raw = smem_u32(smem_raw);
+  unsigned char* smem = smem_raw + (((raw + 1023) & ~1023u) - raw);  // the 128-byte swizzle repeats every 1024 bytes
   T* q_s = reinterpret_cast<T*>(smem);
   T* k_s = reinterpret_cast<T*>(smem + TL::kQBytes);
   T* p_s = reinterpret_cast<T*>(smem + TL::kQBytes + S * TL::kBlockBytes);
@@ -146,7 +168,6 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
   const int* md = p.meta + part * kMetadataSize;
   const int begin_req = md[0], begin_blk = md[1], end_req = md[2], end_blk = md[3], begin_split = md[4];
   const T* qg = static_cast<const T*>(p.q);
-  const T* kg = static_cast<const T*>(p.k);
   // This thread's two rows of the MMA fragments (tile rows tr[0], tr[0] + 8) and their query index.
   int tr[2], qrow[2];
   tr[0] = wr * 16 + (lane >> 2);
@@ -160,6 +181,7 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
   const uint32_t q_base = smem_u32(q_s);
   const uint32_t k_base = smem_u32(k_s);
   const uint32_t p_base = smem_u32(p_s);
+  const uint32_t bars = k_base + S * TL::kBlockBytes + TL::kPBytes + TL::kRedBytes;  // stage s completes on bars + 8 s
   // a_ld: A operands (Q and P, both M-row tiles) at k step u of a slab; k_ld: K at k step u; v_ld: V column tile np.
   uint32_t a_ld[4], k_ld[4], v_ld[TL::kNTiles / 2];
 #pragma unroll
@@ -171,17 +193,14 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
   for (int np = 0; np < TL::kNTiles / 2; ++np)
     v_ld[np] = 2 * slab_off((lane & 7) + ((lane >> 3) & 1) * 8, (wc * TL::kColsPerWarp + np * 16) / 8 + (lane >> 4), kPage);
   static_assert(kPage == 64, "P V steps of 16 keys: 4 per page, 1024 elements apart");
-  // The loaders' rows: thread tid copies chunk lch of every 64-column slab for row lrow (+ NT/8 per page pass).
-  const int lch = tid & 7, lrow = tid >> 3;
-  constexpr int kLoadPasses = kPage / (NT / 8);
-  int ld_row[kLoadPasses];
-  uint32_t ld_dst[kLoadPasses];
-#pragma unroll
-  for (int pass = 0; pass < kLoadPasses; ++pass) {
-    const int row = lrow + pass * (NT / 8);
-    ld_row[pass] = row * p.k_rs;
-    ld_dst[pass] = 2 * slab_off(row, lch, kPage);
+  if (tid == 0) {
+    for (int s = 0; s < S; ++s) mbar_init(bars + s * 8);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
+  __syncthreads();
+  uint32_t phase = 0;  // bit s: the parity stage s's barrier completes with next
+  // Q's loaders: thread tid copies chunk lch of every 64-column slab of row lrow.
+  const int lch = tid & 7, lrow = tid >> 3;
 
   // Q tile of request r: rows ordered (query i, head j of the group); rows past `rows` are zero. A request's Q
   // is copied under the previous request's epilogue (one commit group of its own).
@@ -206,39 +225,43 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
     const int split = req == begin_req ? begin_split : 0;
     const int* bt = p.block_table + static_cast<int64_t>(req) * p.bt_stride;
 
-    // Page blk (cache page `page`) into ring stage `stage`: rows past the sequence's end are zero-filled.
-    auto load_page = [&](int stage, int blk, int page) {
-      const int valid = min(kPage, len - blk * kPage);
-      const T* base = kg + static_cast<int64_t>(page) * p.k_bs + h * p.k_hs + lch * 8;
-      const uint32_t dst = k_base + stage * TL::kBlockBytes;
+    // Cache page `page` into ring stage `stage`: thread 0 copies its slabs, whole (rows past the sequence's end
+    // included: S masks them, and zero_tail clears their V rows).
+    auto load_page = [&](int stage, int page) {
+      if (tid != 0) return;
+      const uint32_t bar = bars + stage * 8;
+      mbar_expect(bar, TL::kBlockBytes);
 #pragma unroll
-      for (int pass = 0; pass < kLoadPasses; ++pass) {
-        const bool ok = lrow + pass * (NT / 8) < valid;
-        const T* src = base + (ok ? ld_row[pass] : 0);
-#pragma unroll
-        for (int sl = 0; sl < CH / 8; ++sl) cp_async16_page(dst + ld_dst[pass] + sl * kPage * 128, src + sl * 64, ok ? 16 : 0);
-      }
+      for (int sl = 0; sl < CH / 8; ++sl) tma_slab(k_base + stage * TL::kBlockBytes + sl * kPage * 128, &p.k_map, bar, sl * 64, h, page);
     };
-    if (n > 0) load_page(0, first, bt[first]);
-    cp_async_commit();
+    // Zero V rows [valid, kPage) of stage `stage` (page blk, the request's last): P is 0 there, but the cache may
+    // hold NaN, and 0 * NaN is NaN.
+    auto zero_tail = [&](int stage, int blk) {
+      const int valid = len - blk * kPage;
+      T* v = k_s + stage * (TL::kBlockBytes / 2);
+      for (int i = tid; i < (kPage - valid) * (DV / 8); i += NT) {
+        const int row = valid + i / (DV / 8);
+        *reinterpret_cast<uint4*>(v + slab_off(row, i % (DV / 8), kPage)) = make_uint4(0, 0, 0, 0);
+      }
+      fence_proxy_async();  // before a later TMA copy into this stage
+      __syncthreads();
+    };
 #pragma unroll
-    for (int s = 1; s < S - 1; ++s) {
-      if (s < n) load_page(s, first + s, bt[first + s]);
-      cp_async_commit();
-    }
-    // The block-table entry of the page the next iteration loads, read one iteration early so its latency is
-    // not in front of that iteration's copies.
-    int next_page = S - 1 < n ? bt[first + S - 1] : 0;
+    for (int s = 0; s < S - 1; ++s)
+      if (s < n) load_page(s, tid == 0 ? bt[first + s] : 0);
+    // The block-table entry of the page the next iteration loads (thread 0's), read one iteration early so its
+    // latency is not in front of that iteration's copies.
+    int next_page = tid == 0 && S - 1 < n ? bt[first + S - 1] : 0;
 
     // Tiles of up to 32 rows keep this warp's Q fragments (its 16 rows, every k step) in registers, read from shared
     // memory once per request instead of once per page: Q is the A operand of every S, so its re-reads were a third
     // of the loop's shared-memory reads. The 64-row tile (512 threads, 128 registers each) re-reads qf[0] per k step.
-    // Q's commit group is older than the S - 1 page groups above.
+    // Q's copy is this thread's only cp.async group.
     constexpr bool kQRegs = R <= 2;
     uint32_t qf[kQRegs ? DQK / 16 : 1][4];
+    cp_async_wait<0>();
+    __syncthreads();
     if constexpr (kQRegs) {
-      cp_async_wait<S - 1>();
-      __syncthreads();
 #pragma unroll
       for (int k = 0; k < DQK / 16; ++k) ldsm_x4(qf[k], q_base + a_ld[k % 4] + k / 4 * M * 128);
     }
@@ -255,13 +278,14 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
     for (int it = 0; it < n; ++it) {
-      cp_async_wait<S - 2>();
-      __syncthreads();
-      if (it + S - 1 < n) load_page((it + S - 1) % S, first + it + S - 1, next_page);
-      cp_async_commit();
-      if (it + S < n) next_page = bt[first + it + S];
-      const uint32_t kb = k_base + (it % S) * TL::kBlockBytes;
-      const int blk = first + it;
+      __syncthreads();  // every warp is past page it - 1, whose stage the copy below refills
+      if (it + S - 1 < n) load_page((it + S - 1) % S, next_page);
+      if (tid == 0 && it + S < n) next_page = bt[first + it + S];
+      const int stage = it % S, blk = first + it;
+      mbar_wait(bars + stage * 8, (phase >> stage) & 1);
+      phase ^= 1u << stage;
+      if (len - blk * kPage < kPage) zero_tail(stage, blk);
+      const uint32_t kb = k_base + stage * TL::kBlockBytes;
 
       // S = Q K^T for rows 16*wr.., keys 16*wc.. of this page: even and odd k steps accumulate separately
       // (two chains of DQK/32 mma per key tile instead of one of DQK/16).
@@ -353,7 +377,6 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
         }
       }
     }
-    cp_async_wait<0>();
 
     // Epilogue: total row sums across the 4 column warps, then out/lse or fp32 partials.
 #pragma unroll
@@ -363,12 +386,7 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
       if ((lane & 3) == 0) red_sum[wc * M + tr[e]] = l[e];
     }
     __syncthreads();
-    if (req < end_req) {
-      // Every warp is past its last S, so the Q tile is free; a request with no pages here never waited for its
-      // own Q copy, which must land before the next one writes the same bytes (the other groups are empty).
-      cp_async_wait<0>();
-      load_q(req + 1);
-    }
+    if (req < end_req) load_q(req + 1);  // every warp is past its last S, so the Q tile is free
     const int n_split = p.num_splits[req + 1] - p.num_splits[req];
     const int slot = p.num_splits[req] + split;
 #pragma unroll

@@ -57,8 +57,6 @@ struct WgTile {
 // bf16 and fp16 hold with their usual relative rounding (see update_max).
 constexpr float kMaxSlack = 8.f;
 
-// Orders this thread's generic-proxy shared-memory writes before later async-proxy (wgmma) reads.
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 // Byte offset of 16-byte chunk `chunk` (0..7) of row `row` in a 128-byte-swizzled slab.
 __device__ __forceinline__ uint32_t sw128(int row, int chunk) { return row * 128 + ((chunk ^ (row & 7)) << 4); }
 // Four 8 x 8 16-bit matrices to shared memory, register i of each lane holding matrix i in the mma layout.
@@ -80,25 +78,6 @@ __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.w
 constexpr uint32_t kDescHigh = (1024 >> 4) | (1u << 30);
 __device__ __forceinline__ uint32_t gmma_desc_lo(uint32_t addr, uint32_t lbo) { return ((addr & 0x3FFFF) >> 4) | ((lbo >> 4) << 16); }
 __device__ __forceinline__ uint64_t gmma_desc(uint32_t lo) { return (static_cast<uint64_t>(kDescHigh) << 32) | lo; }
-
-// mbarriers (one per slab of each page buffer) and the TMA copy of one 64 x 64 slab of a page.
-__device__ __forceinline__ void mbar_init(uint32_t bar) { asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar)); }
-__device__ __forceinline__ void mbar_expect(uint32_t bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) { asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory"); }
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t phase) {
-  asm volatile(
-      "{\n .reg .pred P1;\n LAB_WAIT:\n mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n @P1 bra DONE;\n bra LAB_WAIT;\n"
-      " DONE:\n }\n" ::"r"(bar), "r"(phase) : "memory");
-}
-// Each page is read once per CTA: the copy asks L2 to evict it first (kL2EvictFirst).
-__device__ __forceinline__ void tma_slab(uint32_t dst, const CUtensorMap* map, uint32_t bar, int col, int head, int page) {
-  asm volatile(
-      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%3, %4, %5, %6}], [%2], %7;\n"
-      ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(col), "r"(0), "r"(head), "r"(page),
-      "l"(kL2EvictFirst) : "memory");
-}
 
 // Named barriers between the warpgroups (0 is __syncthreads): the producer warpgroup arrives, the consumer
 // syncs (256 threads). kOwn0 + w is warpgroup w's own (128 threads).
