@@ -1125,6 +1125,26 @@ VARIANTS["cp_async_pages"] = [
     (COMBINE, "    if (req < end_req) load_q(req + 1);  // every warp is past its last S, so the Q tile is free\n",
      "    if (req < end_req) {\n      cp_async_wait<0>();\n      load_q(req + 1);\n    }\n"),
 ]
+# One barrier fewer per page in 16-row tiles (candidate, session 30): with the copies on mbarriers, the barrier at the
+# top of each page only guards the refill of the previous page's stage. A 16-row tile's first row-max exchange is a
+# barrier of the whole CTA, after which every warp is past that page too, so the refill goes there instead.
+VARIANTS["refill_after_s"] = [
+    (COMBINE, """      __syncthreads();  // every warp is past page it - 1, whose stage the copy below refills
+      if (it + S - 1 < n) load_page((it + S - 1) % S, next_page);
+      if (tid == 0 && it + S < n) next_page = bt[first + it + S];
+""", """      auto refill = [&] {
+        if (it + S - 1 < n) load_page((it + S - 1) % S, next_page);
+        if (tid == 0 && it + S < n) next_page = bt[first + it + S];
+      };
+      if constexpr (R > 1) {
+        __syncthreads();  // every warp is past page it - 1, whose stage the copy below refills
+        refill();
+      }
+"""),
+    (COMBINE, "      row_group_sync(wr);\n      float alpha[2], m_use[2];\n",
+     "      row_group_sync(wr);\n      if constexpr (R == 1) refill();  // the whole CTA's barrier: every warp is past page it - 1\n"
+     "      float alpha[2], m_use[2];\n"),
+]
 # Before/after for the mma.sync kernel's page copies with L2 evict_first (session 27): the cp.async copies without a policy.
 # Call 27-2 (the variant was the change then): after the tool's flush, 320/256 h_q=9 x 1024 54.6 -> 53.4 us and
 # 384/384 h_q=12 x 1024 63.6 -> 62.5 (best of 5), 1.8-2.3%; after a clean flush 0.2-0.4%; the other cases run the
