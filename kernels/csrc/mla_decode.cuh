@@ -199,7 +199,7 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
   }
   __syncthreads();
   uint32_t phase = 0;  // bit s: the parity stage s's barrier completes with next
-  // Q's loaders: thread tid copies chunk lch of every 64-column slab of row lrow.
+  // Q's loaders (and zero_tail's): thread tid copies chunk lch of every 64-column slab of row lrow.
   const int lch = tid & 7, lrow = tid >> 3;
 
   // Q tile of request r: rows ordered (query i, head j of the group); rows past `rows` are zero. A request's Q
@@ -234,14 +234,16 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
 #pragma unroll
       for (int sl = 0; sl < CH / 8; ++sl) tma_slab(k_base + stage * TL::kBlockBytes + sl * kPage * 128, &p.k_map, bar, sl * 64, h, page);
     };
-    // Zero V rows [valid, kPage) of stage `stage` (page blk, the request's last): P is 0 there, but the cache may
-    // hold NaN, and 0 * NaN is NaN.
-    auto zero_tail = [&](int stage, int blk) {
-      const int valid = len - blk * kPage;
-      T* v = k_s + stage * (TL::kBlockBytes / 2);
-      for (int i = tid; i < (kPage - valid) * (DV / 8); i += NT) {
-        const int row = valid + i / (DV / 8);
-        *reinterpret_cast<uint4*>(v + slab_off(row, i % (DV / 8), kPage)) = make_uint4(0, 0, 0, 0);
+    // Zero V rows [valid, kPage) of stage `stage` (the request's last page): P is 0 there, but the cache may hold
+    // NaN, and 0 * NaN is NaN. Thread tid zeroes chunk lch of rows lrow + NT/8 * pass in each V slab (slab_off's
+    // swizzle, with row & 7 == lrow & 7).
+    auto zero_tail = [&](int stage, int valid) {
+      T* v = k_s + stage * (TL::kBlockBytes / 2) + ((lch ^ (lrow & 7)) << 3);
+#pragma unroll
+      for (int row = lrow; row < kPage; row += NT / 8) {
+        if (row < valid) continue;
+#pragma unroll
+        for (int sl = 0; sl < DV / 64; ++sl) *reinterpret_cast<uint4*>(v + sl * kPage * 64 + row * 64) = make_uint4(0, 0, 0, 0);
       }
       fence_proxy_async();  // before a later TMA copy into this stage
       __syncthreads();
@@ -284,7 +286,7 @@ __global__ void __launch_bounds__(Tile<DQK, DV, R, CTAS>::kThreads, Tile<DQK, DV
       const int stage = it % S, blk = first + it;
       mbar_wait(bars + stage * 8, (phase >> stage) & 1);
       phase ^= 1u << stage;
-      if (len - blk * kPage < kPage) zero_tail(stage, blk);
+      if (len - blk * kPage < kPage) zero_tail(stage, len - blk * kPage);
       const uint32_t kb = k_base + stage * TL::kBlockBytes;
 
       // S = Q K^T for rows 16*wr.., keys 16*wc.. of this page: even and odd k steps accumulate separately
