@@ -1055,8 +1055,7 @@ VARIANTS["cp_async_pages"] = [
     (COMBINE, "// Orders this thread's generic-proxy", CP_ASYNC_PAGE + "// Orders this thread's generic-proxy"),
     (COMBINE, "  const T* qg = static_cast<const T*>(p.q);\n  // This thread's two rows",
      "  const T* qg = static_cast<const T*>(p.q);\n  const T* kg = static_cast<const T*>(p.k);\n  // This thread's two rows"),
-    (COMBINE, """  // Q's loaders: thread tid copies chunk lch of every 64-column slab of row lrow.
-  const int lch = tid & 7, lrow = tid >> 3;
+    (COMBINE, """  const int lch = tid & 7, lrow = tid >> 3;
 """, """  const int lch = tid & 7, lrow = tid >> 3;
   constexpr int kLoadPasses = kPage / (NT / 8);
   int ld_row[kLoadPasses];
