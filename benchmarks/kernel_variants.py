@@ -1112,7 +1112,7 @@ VARIANTS["cp_async_pages"] = [
       const int stage = it % S, blk = first + it;
       mbar_wait(bars + stage * 8, (phase >> stage) & 1);
       phase ^= 1u << stage;
-      if (len - blk * kPage < kPage) zero_tail(stage, blk);
+      if (len - blk * kPage < kPage) zero_tail(stage, len - blk * kPage);
 """, """      cp_async_wait<S - 2>();
       __syncthreads();
       if (it + S - 1 < n) load_page((it + S - 1) % S, first + it + S - 1, next_page);
